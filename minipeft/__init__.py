@@ -1,0 +1,8 @@
+"""minipeft: BitFit, Prefix Tuning and Prompt Tuning on from-scratch GPT-2 and T5, without Hugging Face."""
+
+from .errors import MiniPeftError
+from .gpt import GPT, GPTConfig
+from .layers import KVCache
+
+__all__ = ["GPT", "GPTConfig", "KVCache", "MiniPeftError"]
+__version__ = "0.1.0"

@@ -1,0 +1,358 @@
+"""GPT-2, from scratch, with the three PEFT hooks built in.
+
+Hooks (used by minipeft.bitfit / prefix / prompt, never monkey-patched):
+  1. bias slots: every bias is its own parameter (query, key, value, attn_out, mlp_in, mlp_out, norm)
+  2. prefix:  forward(..., prefix=[(key, value)] * n_layer), each [B or 1, n_head, P, head_dim],
+             concatenated in front of that layer's keys/values inside attention
+  3. prompt:  forward(..., prompt=[B or 1, P, n_embd]) prepended to the token embeddings
+
+Positions count real tokens only: with a prefix of P slots the first real token sits at position P
+(as in the prefix-tuning code and peft, which pass the prefix as past keys/values); a prompt takes
+positions 0..P-1; left padding takes no position.
+"""
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checkpoint, safetensors
+from .checkpoint import Key
+from .errors import MiniPeftError
+from .generation import decode
+from .layers import KVCache, LayerNorm, Linear, attend, build_mask, merge_heads, split_heads
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    n_positions: int = 1024      # context length
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None   # MLP width; None means 4 * n_embd
+    dropout: float = 0.0         # embedding, attention and residual dropout
+    layer_norm_eps: float = 1e-5
+    bias: bool = True            # start with bias slots present (GPT-2 has them)
+
+    @classmethod
+    def named(cls, name, **overrides):
+        if name not in SIZES:
+            raise MiniPeftError(f"unknown GPT size {name!r}; known: {', '.join(SIZES)}")
+        return cls(**{**SIZES[name], **overrides})
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_dim(self):
+        return self.n_inner or 4 * self.n_embd
+
+    def validate(self, source="GPTConfig"):
+        for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, f)
+            if type(value) is not int or value < 1:
+                raise MiniPeftError(f"{source}: {f} must be a positive integer, got {value!r}")
+        if self.n_inner is not None and (type(self.n_inner) is not int or self.n_inner < 1):
+            raise MiniPeftError(f"{source}: n_inner must be a positive integer or null, got {self.n_inner!r}")
+        if self.n_embd % self.n_head:
+            raise MiniPeftError(f"{source}: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0 <= self.dropout < 1:
+            raise MiniPeftError(f"{source}: dropout must be in [0, 1), got {self.dropout!r}")
+        return self
+
+
+SIZES = {
+    "gpt2":        dict(n_layer=12, n_head=12, n_embd=768),   # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 355M
+    "gpt2-large":  dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl":     dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "tiny":        dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=256),  # tests
+    "char":        dict(n_layer=4, n_head=4, n_embd=128, n_positions=256, vocab_size=128),  # train_char.py
+}
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        C = cfg.n_embd
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.c_attn = Linear(C, {"query": C, "key": C, "value": C}, bias=cfg.bias)  # fused q/k/v
+        self.c_proj = Linear(C, {"attn_out": C}, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask, is_causal, prefix, cache, layer):
+        q, k, v = (split_heads(t, self.n_head) for t in self.c_attn(x).chunk(3, dim=-1))  # [B, H, T, D]
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = attend(q, k, v, prefix=prefix, mask=mask, is_causal=is_causal,
+                   dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.c_fc = Linear(cfg.n_embd, {"mlp_in": cfg.mlp_dim}, bias=cfg.bias)
+        self.c_proj = Linear(cfg.mlp_dim, {"mlp_out": cfg.n_embd}, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's GELU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1 = LayerNorm(cfg.n_embd, cfg.layer_norm_eps, cfg.bias)
+        self.attn = Attention(cfg)
+        self.ln_2 = LayerNorm(cfg.n_embd, cfg.layer_norm_eps, cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, mask, is_causal, prefix, cache, layer):
+        x = x + self.attn(self.ln_1(x), mask, is_causal, prefix, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg.validate()
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # also the LM head (tied)
+        self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_eps, cfg.bias)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self):
+        return sum(p.numel() for p in self.parameters())  # the tied head is wte, counted once
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def forward(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, labels=None, cache=None):
+        """Logits [B, T, vocab] aligned with input_ids; with labels also the mean next-token loss.
+
+        input_ids [B, T]; attention_mask [B, T] (1 = real token, 0 = padding); labels [B, T] with
+        -100 where no loss is wanted (shifted inside, as in transformers); cache: a KVCache.
+        """
+        B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, labels)
+        x = self.wte(input_ids)                                            # [B, T, C]
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        n_prompt = 0 if prompt is None else prompt.shape[1]
+        if n_prompt:
+            x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)            # [B, P + T, C]
+            valid = torch.cat([valid.new_ones(B, n_prompt), valid], dim=1)
+        n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
+        seen = 0 if cache is None else cache.seen[:, None]
+        positions = (valid.cumsum(1) - 1).clamp(min=0) + seen + n_prefix  # real tokens only
+        if int(positions.max()) >= self.config.n_positions:
+            raise MiniPeftError(f"sequence needs position {int(positions.max())} but the context is "
+                                f"{self.config.n_positions} (prefix {n_prefix} + prompt {n_prompt} + tokens)")
+        x = self.drop(x + self.wpe(positions))
+
+        # one mask for all layers; SDPA's own causal path when nothing needs a mask
+        key_valid = valid if cache is None else cache.append_mask(valid)   # [B, S]
+        n_query, all_valid = x.shape[1], bool(key_valid.all())
+        mask, is_causal = None, False
+        if all_valid and n_query == 1:
+            pass                                                            # one query sees every key
+        elif all_valid and n_prefix == 0 and key_valid.shape[1] == n_query:
+            is_causal = True
+        else:
+            mask = build_mask(key_valid, n_query, n_prefix=n_prefix, causal=True)
+
+        for i, block in enumerate(self.h):
+            x = block(x, mask, is_causal, None if prefix is None else prefix[i], cache, i)
+        if cache is not None:
+            cache.advance(valid)
+        x = self.ln_f(x[:, n_prompt:])                                      # drop the prompt slots
+        logits = F.linear(x, self.wte.weight)                               # tied head
+        if labels is None:
+            return logits
+        # predict token t+1 at t: shift the labels, not the logits (no copy of [B, T, vocab])
+        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+        return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+    def _check_inputs(self, input_ids, attention_mask, prefix, prompt, labels):
+        cfg = self.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+            got = f"{input_ids.dtype} tensor of shape {list(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise MiniPeftError(f"input_ids must be a 2-D torch.long tensor [batch, seq]; got {got}")
+        B, T = input_ids.shape
+        if B == 0 or T == 0:
+            raise MiniPeftError(f"input_ids is empty (shape {list(input_ids.shape)}); give at least one token per row")
+        if int(input_ids.min()) < 0 or int(input_ids.max()) >= cfg.vocab_size:
+            raise MiniPeftError(f"token ids must be in [0, {cfg.vocab_size}); got min {int(input_ids.min())}, max {int(input_ids.max())}")
+        for name, t in (("attention_mask", attention_mask), ("labels", labels)):
+            if t is not None and tuple(t.shape) != (B, T):
+                raise MiniPeftError(f"{name} must have the shape of input_ids {[B, T]}; got {list(t.shape)}")
+        device, dtype = self.wte.weight.device, self.wte.weight.dtype
+        if prompt is not None:
+            _check_tensor("prompt", prompt, (B, None, cfg.n_embd), device, dtype)
+        if prefix is not None:
+            if len(prefix) != cfg.n_layer:
+                raise MiniPeftError(f"prefix must hold one (key, value) pair per layer ({cfg.n_layer}); got {len(prefix)}")
+            P = prefix[0][0].shape[2] if prefix[0][0].dim() == 4 else None
+            for i, pair in enumerate(prefix):
+                if len(pair) != 2:
+                    raise MiniPeftError(f"prefix[{i}] must be a (key, value) pair")
+                for name, t in zip(("key", "value"), pair):
+                    _check_tensor(f"prefix[{i}] {name}", t, (B, cfg.n_head, P, cfg.head_dim), device, dtype)
+        return B, T
+
+    # ---- generation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, *, max_new_tokens=20, temperature=0.0, top_k=None,
+                 eos_token_id=None, prefix=None, prompt=None, generator=None):
+        """Continue each row of input_ids (left-padded when rows differ in length) with a KV cache.
+
+        Greedy when temperature is 0, else sampling (optionally top-k). Rows that emit eos_token_id
+        stop (and are padded with it). Returns [B, T + n_new] token ids.
+        """
+        B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, None)
+        if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
+            raise MiniPeftError("generate needs left padding (zeros before the tokens); attention_mask has padding on the right")
+        n_prompt = 0 if prompt is None else prompt.shape[1]
+        n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
+        if n_prefix + n_prompt + T + max_new_tokens > self.config.n_positions:
+            raise MiniPeftError(f"prefix {n_prefix} + prompt {n_prompt} + input {T} + max_new_tokens {max_new_tokens} "
+                                f"exceeds the context of {self.config.n_positions} positions")
+        cfg, w = self.config, self.wte.weight
+        cache = KVCache(cfg.n_layer, B, cfg.n_head, n_prompt + T + max_new_tokens, cfg.head_dim, device=w.device, dtype=w.dtype)
+        first = self(input_ids, attention_mask, prefix=prefix, prompt=prompt, cache=cache)[:, -1]
+        new = decode(lambda tok: self(tok, prefix=prefix, cache=cache)[:, -1], first, max_new_tokens,
+                     eos_token_id=eos_token_id, temperature=temperature, top_k=top_k, generator=generator)
+        return torch.cat([input_ids, new], dim=1)
+
+    # ---- checkpoints (Hugging Face layout, no Hugging Face code) -----------------------------
+
+    @classmethod
+    def from_pretrained(cls, path, *, n_head=None, dtype=torch.float32):
+        """Load GPT-2 weights from a Hugging Face-layout folder (config.json + model.safetensors or
+        pytorch_model.bin) or one .safetensors/.bin file (config inferred from the shapes; n_head
+        defaults to n_embd // 64, true of every released GPT-2). Returns the model in eval mode."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            hf, state = checkpoint.load_folder(path)
+            state = _strip_prefix(state)
+            cfg = config_from_hf(hf, os.path.join(path, "config.json"))
+        elif os.path.isfile(path):
+            state = _strip_prefix(checkpoint.load_file(path))
+            cfg = _config_from_shapes(state, path, n_head)
+        else:
+            raise MiniPeftError(f"{path} does not exist; pass a model folder (config.json + weights) or a .safetensors file")
+        head = state.pop("lm_head.weight", None)
+        if head is not None and ("wte.weight" not in state or not torch.equal(head, state["wte.weight"])):
+            raise MiniPeftError(f"{path}: lm_head.weight differs from wte.weight, but GPT-2's head is tied to wte")
+        model = cls(cfg)
+        checkpoint.load_into(model, state, checkpoint_keys(cfg), ignore=IGNORED_KEYS, source=path)
+        return model.to(dtype).eval()
+
+    def save_pretrained(self, folder):
+        """Write config.json + model.safetensors in the Hugging Face layout (loads in minipeft and transformers)."""
+        os.makedirs(folder, exist_ok=True)
+        safetensors.save(os.path.join(folder, "model.safetensors"), checkpoint.state_from(self, checkpoint_keys(self.config)),
+                         metadata={"format": "pt"})
+        checkpoint.write_json(os.path.join(folder, "config.json"), config_to_hf(self.config))
+
+
+def _check_tensor(name, t, shape, device, dtype):
+    """Check a hook tensor: shape[0] is the batch (B or 1 accepted), None accepts any size."""
+    if not isinstance(t, torch.Tensor):
+        raise MiniPeftError(f"{name} must be a tensor; got {type(t).__name__}")
+    want = [f"{shape[0]} or 1"] + ["any" if s is None else s for s in shape[1:]]
+    ok = t.dim() == len(shape) and all(s is None or d == s or (i == 0 and d == 1) for i, (d, s) in enumerate(zip(t.shape, shape)))
+    if not ok or t.shape[-2] == 0:
+        raise MiniPeftError(f"{name} must have shape {want} with at least one slot; got {list(t.shape)}")
+    if t.device != device or t.dtype != dtype:
+        raise MiniPeftError(f"{name} is {t.dtype} on {t.device}; the model is {dtype} on {device}")
+
+
+# ---- checkpoint key map ------------------------------------------------------------------------
+
+IGNORED_KEYS = (r"h\.\d+\.attn\.bias", r"h\.\d+\.attn\.masked_bias")  # causal-mask buffers, not parameters
+CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")    # stored [in, out]: transpose
+
+
+def checkpoint_keys(cfg):
+    """Explicit map between Hugging Face GPT-2 keys and minipeft parameters."""
+    keys = [Key("wte.weight", ("wte.weight",)), Key("wpe.weight", ("wpe.weight",))]
+    for i in range(cfg.n_layer):
+        h = f"h.{i}"
+        keys += [Key(f"{h}.{ln}.{p}", (f"{h}.{ln}.{p}",)) for ln in ("ln_1", "ln_2") for p in ("weight", "bias")]
+        keys += [Key(f"{h}.{m}.weight", (f"{h}.{m}.weight",), "transpose") for m in CONV1D]
+        keys.append(Key(f"{h}.attn.c_attn.bias", tuple(f"{h}.attn.c_attn.bias_{r}" for r in ("query", "key", "value")), "split"))
+        keys += [Key(f"{h}.{m}.bias", (f"{h}.{m}.bias",)) for m in CONV1D[1:]]
+    keys += [Key("ln_f.weight", ("ln_f.weight",)), Key("ln_f.bias", ("ln_f.bias",))]
+    if not cfg.bias:
+        keys = [k for k in keys if not k.ckpt.endswith(".bias")]
+    return keys
+
+
+def _strip_prefix(state):
+    return {k.removeprefix("transformer."): v for k, v in state.items()}
+
+
+def config_from_hf(hf, source):
+    """GPTConfig from a transformers GPT-2 config.json dict, refusing what minipeft does not implement."""
+    req = checkpoint.require
+    vocab, n_pos, n_embd, n_layer, n_head = (req(hf, source, f) for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"))
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise MiniPeftError(f"{source}: model_type is {hf.get('model_type')!r}; expected 'gpt2'")
+    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise MiniPeftError(f"{source}: activation_function {hf['activation_function']!r} is not GPT-2's tanh GELU")
+    for flag, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False)):
+        if hf.get(flag, want) != want:
+            raise MiniPeftError(f"{source}: {flag}={hf[flag]!r} is not supported (expected {want})")
+    if hf.get("tie_word_embeddings", True) is not True:
+        raise MiniPeftError(f"{source}: tie_word_embeddings is false; minipeft's GPT-2 ties the head to wte")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if type(eps) not in (int, float) or not 0 < eps < 1:
+        raise MiniPeftError(f"{source}: layer_norm_epsilon must be a small positive number, got {eps!r}")
+    cfg = GPTConfig(vocab_size=vocab, n_positions=n_pos, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                    n_inner=hf.get("n_inner"), layer_norm_eps=float(eps), dropout=float(hf.get("resid_pdrop", 0.0) or 0.0))
+    return cfg.validate(source)
+
+
+def config_to_hf(cfg):
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size, "n_positions": cfg.n_positions, "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": cfg.n_inner,
+        "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layer_norm_eps,
+        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+        "tie_word_embeddings": True,
+    }
+
+
+def _config_from_shapes(state, source, n_head=None):
+    """Infer the config of a bare weights file: sizes from the shapes, n_head = n_embd // 64 unless given."""
+    for k in ("wte.weight", "wpe.weight"):
+        if k not in state or state[k].dim() != 2:
+            raise MiniPeftError(f"{source}: missing key {k} (a 2-D tensor); cannot infer the GPT-2 config")
+    vocab, n_embd = state["wte.weight"].shape
+    n_layer = len({m.group(1) for k in state if (m := re.match(r"h\.(\d+)\.", k))})
+    fc = state.get("h.0.mlp.c_fc.weight")
+    n_inner = int(fc.shape[1]) if fc is not None and fc.dim() == 2 and fc.shape[1] != 4 * n_embd else None
+    if n_head is None:
+        if n_embd % 64:
+            raise MiniPeftError(f"{source}: n_embd {n_embd} is not a multiple of 64; pass n_head= explicitly")
+        n_head = n_embd // 64
+    cfg = GPTConfig(vocab_size=int(vocab), n_positions=int(state["wpe.weight"].shape[0]), n_embd=int(n_embd),
+                    n_layer=n_layer, n_head=n_head, n_inner=n_inner)
+    return cfg.validate(source)

@@ -1,0 +1,222 @@
+"""GPT-2 core: parity with transformers, hooks against equivalent formulations, loading and saving."""
+
+import os
+
+import pytest
+import torch
+
+from minipeft import GPT, GPTConfig, KVCache, MiniPeftError
+from minipeft import safetensors
+
+transformers = pytest.importorskip("transformers")  # test oracle (installed by the dev extra)
+
+TINY = dict(vocab_size=97, n_positions=48, n_embd=32, n_layer=3, n_head=4)
+
+
+@pytest.fixture(scope="module", params=["safetensors", "bin"])
+def hf_pair(request, tmp_path_factory):
+    """A random tiny GPT-2 saved by transformers itself, and minipeft's load of that folder."""
+    torch.manual_seed(1)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**TINY)).eval()
+    with torch.no_grad():  # non-zero biases and norm parameters, so every slot is exercised
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or "ln_" in name:
+                p.normal_(0, 0.1)
+    folder = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(folder, safe_serialization=request.param == "safetensors")
+    return hf, GPT.from_pretrained(folder), folder
+
+
+def test_checkpoint_files_written_by_transformers(hf_pair):
+    _, _, folder = hf_pair
+    names = os.listdir(folder)
+    assert "config.json" in names and ("model.safetensors" in names or "pytorch_model.bin" in names)
+
+
+def test_logits_match_transformers(hf_pair):
+    hf, ours, _ = hf_pair
+    ids = torch.randint(0, TINY["vocab_size"], (3, 17))
+    with torch.no_grad():
+        want = hf(ids).logits
+        got = ours(ids)
+    assert (got - want).abs().max() < 1e-5
+
+
+def test_logits_match_transformers_with_padding_mask(hf_pair):
+    hf, ours, _ = hf_pair
+    ids = torch.randint(0, TINY["vocab_size"], (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0   # right padding
+    mask[2, :5] = 0   # left padding: transformers needs the positions spelled out
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        want = hf(ids, attention_mask=mask, position_ids=positions).logits
+        got = ours(ids, mask)
+    real = mask.bool()
+    assert (got - want)[real].abs().max() < 1e-5
+    assert torch.isfinite(got).all()  # padding rows stay finite (no empty softmax rows)
+
+
+def test_greedy_generation_matches_transformers(hf_pair):
+    hf, ours, _ = hf_pair
+    ids = torch.randint(0, TINY["vocab_size"], (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding
+    with torch.no_grad():
+        want = hf.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0,
+                           eos_token_id=None)
+    got = ours.generate(ids, mask, max_new_tokens=20)
+    assert torch.equal(got, want)
+
+
+def test_loss_matches_transformers(hf_pair):
+    hf, ours, _ = hf_pair
+    ids = torch.randint(0, TINY["vocab_size"], (2, 10))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    with torch.no_grad():
+        want = hf(ids, labels=labels).loss
+        _, got = ours(ids, labels=labels)
+    assert abs(got.item() - want.item()) < 1e-5
+
+
+def test_save_pretrained_round_trip_and_transformers_reads_it(hf_pair, tmp_path):
+    hf, ours, _ = hf_pair
+    ours.save_pretrained(tmp_path)
+    again = GPT.from_pretrained(tmp_path)
+    for (n1, p1), (n2, p2) in zip(ours.named_parameters(), again.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    hf2 = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 9))
+    with torch.no_grad():
+        assert (hf2(ids).logits - hf(ids).logits).abs().max() == 0
+
+
+def test_single_safetensors_file_infers_config(tmp_path):
+    cfg = GPTConfig(vocab_size=50, n_positions=16, n_embd=128, n_layer=2, n_head=2)  # n_head = 128 // 64
+    model = GPT(cfg).eval()
+    model.save_pretrained(tmp_path)
+    loaded = GPT.from_pretrained(tmp_path / "model.safetensors")
+    assert loaded.config == cfg
+    ids = torch.randint(0, 50, (1, 8))
+    assert torch.equal(loaded(ids), model(ids))
+
+
+# ---- hooks --------------------------------------------------------------------------------------
+
+def _tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**{**TINY, **kw})).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "bias" in name:
+                p.normal_(0, 0.1)
+    return model
+
+
+def test_prefix_equals_real_tokens_as_keys_and_values():
+    """A prefix holding the keys/values that P real tokens produce == running those tokens in front."""
+    model = _tiny()
+    head = torch.randint(0, TINY["vocab_size"], (2, 5))
+    tail = torch.randint(0, TINY["vocab_size"], (2, 7))
+    cache = KVCache(model.config.n_layer, 2, model.config.n_head, 5, model.config.head_dim)
+    with torch.no_grad():
+        model(head, cache=cache)
+        prefix = [(cache.k[i], cache.v[i]) for i in range(model.config.n_layer)]
+        want = model(torch.cat([head, tail], 1))[:, 5:]
+        got = model(tail, prefix=prefix)
+    assert (got - want).abs().max() < 1e-5
+
+
+def test_prefix_with_padding_and_broadcast_batch():
+    model = _tiny()
+    head = torch.randint(0, TINY["vocab_size"], (1, 4))
+    tail = torch.randint(0, TINY["vocab_size"], (2, 6))
+    mask = torch.ones_like(tail)
+    mask[1, 4:] = 0
+    cache = KVCache(model.config.n_layer, 1, model.config.n_head, 4, model.config.head_dim)
+    with torch.no_grad():
+        model(head, cache=cache)
+        prefix = [(cache.k[i], cache.v[i]) for i in range(model.config.n_layer)]  # batch 1, broadcast
+        got = model(tail, mask, prefix=prefix)
+        want = model(torch.cat([head.expand(2, -1), tail], 1), torch.cat([torch.ones(2, 4, dtype=torch.long), mask], 1))[:, 4:]
+    assert (got - want)[mask.bool()].abs().max() < 1e-5
+
+
+def test_prompt_of_token_embeddings_equals_those_tokens():
+    model = _tiny()
+    head = torch.randint(0, TINY["vocab_size"], (1, 4))
+    tail = torch.randint(0, TINY["vocab_size"], (3, 6))
+    with torch.no_grad():
+        prompt = model.wte(head)  # [1, 4, C]
+        got = model(tail, prompt=prompt)
+        want = model(torch.cat([head.expand(3, -1), tail], 1))[:, 4:]
+    assert got.shape == (3, 6, TINY["vocab_size"])  # aligned with input_ids, prompt slots dropped
+    assert (got - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("hook", ["prefix", "prompt"])
+def test_generate_with_hooks_equals_full_recompute(hook):
+    """Cached generation with a prefix or prompt == greedy argmax recomputed from scratch each step."""
+    model = _tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 5))
+    kw = {}
+    if hook == "prompt":
+        kw["prompt"] = torch.randn(1, 3, TINY["n_embd"])
+    else:
+        kw["prefix"] = [(torch.randn(1, 4, 3, 8), torch.randn(1, 4, 3, 8)) for _ in range(TINY["n_layer"])]
+    got = model.generate(ids, max_new_tokens=8, **kw)
+    seq = ids
+    with torch.no_grad():
+        for _ in range(8):
+            seq = torch.cat([seq, model(seq, **kw)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(got, seq)
+
+
+def test_generate_refuses_to_run_past_the_context():
+    model = _tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (1, 40))
+    with pytest.raises(MiniPeftError, match="exceeds the context of 48"):
+        model.generate(ids, max_new_tokens=5, prompt=torch.zeros(1, 4, TINY["n_embd"]))
+
+
+def test_sampling_is_reproducible_and_top_k_restricts():
+    model = _tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 3))
+    a = model.generate(ids, max_new_tokens=10, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(3))
+    b = model.generate(ids, max_new_tokens=10, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    one = model.generate(ids, max_new_tokens=10, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(one, model.generate(ids, max_new_tokens=10))  # top-1 sampling is greedy
+
+
+def test_eos_stops_rows():
+    model = _tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (3, 4))
+    greedy = model.generate(ids, max_new_tokens=8)[:, 4:]
+    eos = int(greedy[0, 1])
+    out = model.generate(ids, max_new_tokens=8, eos_token_id=eos)[:, 4:]
+    stops = [int((row == eos).nonzero()[0]) + 1 if (row == eos).any() else 8 for row in greedy]
+    assert out.shape[1] == max(stops)  # the loop ends once every row has finished
+    for row, want, stop in zip(out, greedy, stops):
+        assert torch.equal(row[:stop], want[:stop])   # same tokens up to and including eos
+        assert (row[stop:] == eos).all()              # then eos padding
+
+
+# ---- bias slots ---------------------------------------------------------------------------------
+
+def test_bias_slots_are_separate_parameters():
+    model = _tiny()
+    names = {n for n, _ in model.named_parameters()}
+    for part in ("query", "key", "value"):
+        assert f"h.0.attn.c_attn.bias_{part}" in names
+    assert "h.0.attn.c_attn.bias" not in names
+    assert {"h.0.attn.c_proj.bias", "h.0.mlp.c_fc.bias", "h.0.mlp.c_proj.bias", "h.0.ln_1.bias", "ln_f.bias"} <= names
+
+
+def test_gpt2_small_counts():
+    from minipeft.layers import bias_slots
+    model = GPT(GPTConfig.named("gpt2"))
+    total = model.num_parameters()
+    biases = sum(getattr(m, a).numel() for _, m, a, _ in bias_slots(model))
+    assert (biases, total) == (102_144, 124_439_808)
