@@ -7,6 +7,7 @@ import os
 from importlib import resources
 
 import tiktoken
+import tiktoken.load
 
 from .errors import MiniPeftError
 
@@ -23,25 +24,30 @@ def gpt2_tokenizer(folder=None):
     With `folder`, its vocab.json + merges.txt (Hugging Face) or encoder.json + vocab.bpe (OpenAI)
     are used; otherwise the ranks shipped inside minipeft (from openai-whisper, MIT), hash-checked.
     """
+    eot = EOT_ID
     if folder is None:
         raw = resources.files("minipeft").joinpath("data/gpt2.tiktoken").read_bytes()
         if hashlib.sha256(raw).hexdigest() != GPT2_RANKS_SHA256:
             raise MiniPeftError("minipeft/data/gpt2.tiktoken is damaged (sha256 mismatch); reinstall minipeft")
         ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in raw.splitlines() if line)}
     else:
-        ranks = _ranks_from_folder(os.fspath(folder))
+        ranks, eot = _ranks_from_folder(os.fspath(folder))
     return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={ENDOFTEXT: EOT_ID}, explicit_n_vocab=EOT_ID + 1)
+                             special_tokens={ENDOFTEXT: eot}, explicit_n_vocab=max(len(ranks), eot) + 1)
 
 
 def _ranks_from_folder(folder):
+    """(mergeable ranks, id of <|endoftext|>) from a folder's BPE files."""
     for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
         v, m = os.path.join(folder, vocab), os.path.join(folder, merges)
         if os.path.isfile(v) and os.path.isfile(m):
             try:
-                return tiktoken.load.data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=m, encoder_json_file=v)
+                with open(v, encoding="utf-8") as f:
+                    eot = json.load(f).get(ENDOFTEXT)
+                ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=m, encoder_json_file=v)
             except Exception as e:
                 raise MiniPeftError(f"{folder}: cannot build the GPT-2 BPE from {vocab} + {merges}: {e}") from None
+            return ranks, len(ranks) if eot is None else eot
     raise MiniPeftError(f"{folder}: no tokenizer files; expected vocab.json + merges.txt or encoder.json + vocab.bpe")
 
 
