@@ -24,7 +24,7 @@ from . import checkpoint, safetensors
 from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import decode
-from .layers import KVCache, LayerNorm, Linear, attend, build_mask, merge_heads, split_heads
+from .layers import KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, merge_heads, split_heads
 
 
 @dataclass
@@ -143,37 +143,58 @@ class GPT(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------
 
-    def forward(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, labels=None, cache=None):
+    def forward(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None,
+                prefix_mask=None, prefix_start=None, prompt_mask=None, labels=None, cache=None):
         """Logits [B, T, vocab] aligned with input_ids; with labels also the mean next-token loss.
 
         input_ids [B, T]; attention_mask [B, T] (1 = real token, 0 = padding); labels [B, T] with
         -100 where no loss is wanted (shifted inside, as in transformers); cache: a KVCache.
+        Hooks: prefix, prompt (see the module docstring); bias_delta {slot name: [width] or
+        [B, width]} added to bias slots for this call; prefix_mask / prompt_mask [B or 1, P] for rows
+        that use fewer slots (many tasks in one batch); prefix_start [B] places the prefix before
+        that token index instead of in front (an infix: [x; INFIX; y]).
         """
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, labels)
-        x = self.wte(input_ids)                                            # [B, T, C]
+        self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
+        with bias_deltas(self, bias_delta):
+            return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache)
+
+    def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache):
+        B, T = input_ids.shape
+        x = self.wte(input_ids)                                             # [B, T, C]
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         n_prompt = 0 if prompt is None else prompt.shape[1]
         if n_prompt:
-            x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)            # [B, P + T, C]
-            valid = torch.cat([valid.new_ones(B, n_prompt), valid], dim=1)
-        n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
+            x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)             # [B, P + T, C]
+            slots = valid.new_ones(B, n_prompt) if prompt_mask is None else prompt_mask.bool().expand(B, -1)
+            valid = torch.cat([slots, valid], dim=1)
+        key_valid = valid if cache is None else cache.append_mask(valid)    # [B, S] every key so far
+        n_query, S = x.shape[1], key_valid.shape[1]
+
+        # positions count real tokens (and prompt slots); tokens after a prefix/infix move up by its size
         seen = 0 if cache is None else cache.seen[:, None]
-        positions = (valid.cumsum(1) - 1).clamp(min=0) + seen + n_prefix  # real tokens only
+        positions = (valid.cumsum(1) - 1).clamp(min=0) + seen               # [B, T']
+        n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
+        prefix_valid = None
+        if n_prefix:
+            prefix_valid = torch.ones(1, n_prefix, dtype=torch.bool, device=x.device) if prefix_mask is None else prefix_mask.bool()
+            shift = prefix_valid.sum(-1, keepdim=True)                      # [B or 1, 1]
+            if prefix_start is not None:
+                index = torch.arange(S - n_query, S, device=x.device)
+                shift = shift * (index[None] >= prefix_start[:, None])
+            positions = positions + shift
         if int(positions.max()) >= self.config.n_positions:
             raise MiniPeftError(f"sequence needs position {int(positions.max())} but the context is "
                                 f"{self.config.n_positions} (prefix {n_prefix} + prompt {n_prompt} + tokens)")
         x = self.drop(x + self.wpe(positions))
 
         # one mask for all layers; SDPA's own causal path when nothing needs a mask
-        key_valid = valid if cache is None else cache.append_mask(valid)   # [B, S]
-        n_query, all_valid = x.shape[1], bool(key_valid.all())
+        plain_prefix = prefix_mask is None and prefix_start is None
         mask, is_causal = None, False
-        if all_valid and n_query == 1:
-            pass                                                            # one query sees every key
-        elif all_valid and n_prefix == 0 and key_valid.shape[1] == n_query:
-            is_causal = True
+        if bool(key_valid.all()) and plain_prefix and (n_query == 1 or (n_prefix == 0 and S == n_query)):
+            is_causal = n_query > 1                                         # one query sees every key
         else:
-            mask = build_mask(key_valid, n_query, n_prefix=n_prefix, causal=True)
+            mask = build_mask(key_valid, n_query, prefix_valid=prefix_valid, prefix_from=prefix_start)
 
         for i, block in enumerate(self.h):
             x = block(x, mask, is_causal, None if prefix is None else prefix[i], cache, i)
@@ -186,6 +207,22 @@ class GPT(nn.Module):
         # predict token t+1 at t: shift the labels, not the logits (no copy of [B, T, vocab])
         targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+    def _check_hook_masks(self, B, prefix, prompt, prefix_mask, prefix_start, prompt_mask):
+        for name, m, hook in (("prefix_mask", prefix_mask, prefix), ("prompt_mask", prompt_mask, prompt)):
+            if m is None:
+                continue
+            if hook is None:
+                raise MiniPeftError(f"{name} given without {name.split('_')[0]}")
+            P = hook[0][0].shape[2] if name == "prefix_mask" else hook.shape[1]
+            if m.dim() != 2 or m.shape[0] not in (1, B) or m.shape[1] != P:
+                raise MiniPeftError(f"{name} must have shape [{B} or 1, {P}]; got {list(m.shape)}")
+        if prefix_start is not None:
+            if prefix is None:
+                raise MiniPeftError("prefix_start given without prefix")
+            if prefix_start.shape != (B,) or prefix_start.dtype != torch.long or bool((prefix_start < 0).any()):
+                raise MiniPeftError(f"prefix_start must be a torch.long tensor of {B} non-negative token indices; "
+                                    f"got {prefix_start.dtype} {list(prefix_start.shape)}")
 
     def _check_inputs(self, input_ids, attention_mask, prefix, prompt, labels):
         cfg = self.config
@@ -218,11 +255,12 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, *, max_new_tokens=20, temperature=0.0, top_k=None,
-                 eos_token_id=None, prefix=None, prompt=None, generator=None):
+                 eos_token_id=None, generator=None, prefix=None, prompt=None, prompt_mask=None,
+                 bias_delta=None, prefix_mask=None, prefix_start=None):
         """Continue each row of input_ids (left-padded when rows differ in length) with a KV cache.
 
         Greedy when temperature is 0, else sampling (optionally top-k). Rows that emit eos_token_id
-        stop (and are padded with it). Returns [B, T + n_new] token ids.
+        stop (and are padded with it). Takes the same hooks as forward. Returns [B, T + n_new] ids.
         """
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, None)
         if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
@@ -234,8 +272,9 @@ class GPT(nn.Module):
                                 f"exceeds the context of {self.config.n_positions} positions")
         cfg, w = self.config, self.wte.weight
         cache = KVCache(cfg.n_layer, B, cfg.n_head, n_prompt + T + max_new_tokens, cfg.head_dim, device=w.device, dtype=w.dtype)
-        first = self(input_ids, attention_mask, prefix=prefix, prompt=prompt, cache=cache)[:, -1]
-        new = decode(lambda tok: self(tok, prefix=prefix, cache=cache)[:, -1], first, max_new_tokens,
+        every_step = dict(prefix=prefix, prefix_mask=prefix_mask, prefix_start=prefix_start, bias_delta=bias_delta, cache=cache)
+        first = self(input_ids, attention_mask, prompt=prompt, prompt_mask=prompt_mask, **every_step)[:, -1]
+        new = decode(lambda tok: self(tok, **every_step)[:, -1], first, max_new_tokens,
                      eos_token_id=eos_token_id, temperature=temperature, top_k=top_k, generator=generator)
         return torch.cat([input_ids, new], dim=1)
 

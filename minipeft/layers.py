@@ -6,6 +6,8 @@ A fused projection (GPT-2's c_attn computes query, key and value in one matmul) 
 slot per part, so "train the query bias only" means exactly the query slice.
 """
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,17 +15,18 @@ import torch.nn.functional as F
 from .errors import MiniPeftError
 
 
-class Linear(nn.Module):
-    """y = x @ weight.T + bias, with the output split into named parts, each with its own bias slot.
+class BiasSlots(nn.Module):
+    """Named bias slots over an output split into parts {role: width}.
 
-    parts: {role: width}, e.g. {"query": C, "key": C, "value": C} or {"mlp_in": 4C}. The slot of a
-    single-part layer is the parameter `bias`; a fused layer has `bias_<role>` per part.
+    The slot of a single-part layer is the parameter `bias`; a fused layer has `bias_<role>` per
+    part. A slot may be None (absent). `self.delta` holds, for one call only, additions per role:
+    [width] is folded into the bias (no extra pass), [B, width] is added per row (one adapter per
+    row, see bias_deltas()).
     """
 
-    def __init__(self, d_in, parts, bias=True):
-        super().__init__()
+    def _init_slots(self, parts, bias):
         self.parts = dict(parts)
-        self.weight = nn.Parameter(torch.empty(sum(self.parts.values()), d_in))
+        self.delta = {}
         for role, width in self.parts.items():
             self.register_parameter(self.slot_name(role), nn.Parameter(torch.zeros(width)) if bias else None)
 
@@ -35,41 +38,63 @@ class Linear(nn.Module):
         return [(role, self.slot_name(role)) for role in self.parts]
 
     def enable_bias(self, role=None):
+        """Create absent slots (all, or the one of `role`) as zeros: the output is unchanged."""
         for r, name in self.bias_slots():
             if (role is None or r == role) and getattr(self, name) is None:
                 setattr(self, name, nn.Parameter(self.weight.new_zeros(self.parts[r])))
 
     def full_bias(self):
-        """The bias of the whole output [sum(parts)], or None when every slot is absent."""
-        slots = [getattr(self, name) for _, name in self.bias_slots()]
-        if all(s is None for s in slots):
+        """The bias of the whole output [sum(parts)] with 1-D deltas folded in, or None."""
+        pieces = []
+        for role, name in self.bias_slots():
+            b, d = getattr(self, name), self.delta.get(role)
+            if d is not None and d.dim() == 1:
+                b = d if b is None else b + d
+            pieces.append(b)
+        if all(p is None for p in pieces):
             return None
-        if len(slots) == 1:
-            return slots[0]
-        return torch.cat([s if s is not None else self.weight.new_zeros(w) for s, w in zip(slots, self.parts.values())])
+        if len(pieces) == 1:
+            return pieces[0]
+        return torch.cat([p if p is not None else self.weight.new_zeros(w) for p, w in zip(pieces, self.parts.values())])
+
+    def row_delta(self):
+        """Per-row deltas [B, 1, sum(parts)], or None."""
+        rows = [self.delta.get(role) for role in self.parts]
+        rows = [r if r is not None and r.dim() == 2 else None for r in rows]
+        if all(r is None for r in rows):
+            return None
+        B = next(r.shape[0] for r in rows if r is not None)
+        return torch.cat([r if r is not None else self.weight.new_zeros(B, w) for r, w in zip(rows, self.parts.values())], -1)[:, None]
+
+
+class Linear(BiasSlots):
+    """y = x @ weight.T + bias, output split into parts {role: width}, each with its own bias slot,
+    e.g. {"query": C, "key": C, "value": C} (GPT-2's fused c_attn) or {"mlp_in": 4C}."""
+
+    def __init__(self, d_in, parts, bias=True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(sum(parts.values()), d_in))
+        self._init_slots(parts, bias)
 
     def forward(self, x):
-        return F.linear(x, self.weight, self.full_bias())  # one addmm, bias slots included
+        y = F.linear(x, self.weight, self.full_bias())  # one addmm, bias slots included
+        rows = self.row_delta()
+        return y if rows is None else y + rows
 
 
-class LayerNorm(nn.Module):
+class LayerNorm(BiasSlots):
     """LayerNorm with a bias slot (GPT-2: eps 1e-5, bias present)."""
 
     def __init__(self, d, eps=1e-5, bias=True):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
-        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
-
-    def bias_slots(self):
-        return [("norm", "bias")]
-
-    def enable_bias(self, role=None):
-        if self.bias is None:
-            self.bias = nn.Parameter(self.weight.new_zeros(self.weight.shape))
+        self._init_slots({"norm": d}, bias)
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        y = F.layer_norm(x, self.weight.shape, self.weight, self.full_bias(), self.eps)
+        rows = self.row_delta()
+        return y if rows is None else y + rows
 
 
 class RMSNorm(LayerNorm):
@@ -83,19 +108,47 @@ class RMSNorm(LayerNorm):
 
     def forward(self, x):
         variance = x.float().pow(2).mean(-1, keepdim=True)
-        x = x * torch.rsqrt(variance + self.eps).to(x.dtype)
-        x = self.weight * x
-        return x if self.bias is None else x + self.bias
+        y = self.weight * (x * torch.rsqrt(variance + self.eps).to(x.dtype))
+        bias, rows = self.full_bias(), self.row_delta()
+        if bias is not None:
+            y = y + bias
+        return y if rows is None else y + rows
 
 
 def bias_slots(model):
     """Every bias slot of `model`: (qualified parameter name, module, attribute, role)."""
     out = []
     for module_name, module in model.named_modules():
-        if isinstance(module, (Linear, LayerNorm)):
+        if isinstance(module, BiasSlots):
             for role, attr in module.bias_slots():
                 out.append((f"{module_name}.{attr}" if module_name else attr, module, attr, role))
     return out
+
+
+@contextlib.contextmanager
+def bias_deltas(model, deltas):
+    """For the duration of one call, add deltas {slot name: [width] or [B, width]} to bias slots.
+
+    This is how an adapter trains or serves biases without writing into the base model.
+    """
+    if not deltas:
+        yield
+        return
+    slots = {name: (module, role) for name, module, _, role in bias_slots(model)}
+    touched = []
+    try:
+        for name, d in deltas.items():
+            if name not in slots:
+                raise MiniPeftError(f"bias_delta names {name!r}, which is not a bias slot of this model")
+            module, role = slots[name]
+            if d.shape[-1] != module.parts[role] or d.dim() not in (1, 2):
+                raise MiniPeftError(f"bias_delta {name!r} must be [{module.parts[role]}] or [B, {module.parts[role]}]; got {list(d.shape)}")
+            module.delta[role] = d
+            touched.append(module)
+        yield
+    finally:
+        for module in touched:
+            module.delta = {}
 
 
 # ---- attention -------------------------------------------------------------------------------
@@ -127,12 +180,14 @@ def attend(q, k, v, *, prefix=None, mask=None, is_causal=False, scale=None, drop
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
 
 
-def build_mask(key_valid, n_query, *, n_prefix=0, causal=True):
+def build_mask(key_valid, n_query, *, n_prefix=0, prefix_valid=None, prefix_from=None, causal=True):
     """Boolean mask [B, 1, T, P+S] for T queries that are the last T of S keys.
 
-    key_valid [B, S] marks real (non-padding) keys. Prefix slots are visible to every query; real
-    keys are visible when valid and (if causal) not in the future. Each query always sees itself,
-    so a padding query's row is never empty (an empty row would make SDPA return NaN, and NaN
+    key_valid [B, S] marks real (non-padding) keys. Prefix slots (n_prefix of them, or
+    prefix_valid [B or 1, P] where rows use fewer) are visible to every query, or with
+    prefix_from [B] only to queries at key index >= prefix_from (an infix). Real keys are
+    visible when valid and (if causal) not in the future. Each query always sees itself, so a
+    padding query's row is never empty (an empty row would make SDPA return NaN, and NaN
     poisons the backward pass even where the loss ignores that position).
     """
     B, S = key_valid.shape
@@ -143,8 +198,13 @@ def build_mask(key_valid, n_query, *, n_prefix=0, causal=True):
     if causal:
         allowed = allowed & (k_pos <= q_pos)
     allowed = allowed | (k_pos == q_pos)                          # [B, T, S]
-    if n_prefix:
-        allowed = torch.cat([allowed.new_ones(B, n_query, n_prefix), allowed], dim=-1)
+    if prefix_valid is None and n_prefix:
+        prefix_valid = key_valid.new_ones(1, n_prefix)
+    if prefix_valid is not None:
+        visible = prefix_valid[:, None, :].expand(B, n_query, -1)  # [B, T, P]
+        if prefix_from is not None:
+            visible = visible & (q_pos[None] >= prefix_from[:, None, None])
+        allowed = torch.cat([visible, allowed], dim=-1)
     return allowed[:, None]
 
 

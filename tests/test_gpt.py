@@ -220,3 +220,88 @@ def test_gpt2_small_counts():
     total = model.num_parameters()
     biases = sum(getattr(m, a).numel() for _, m, a, _ in bias_slots(model))
     assert (biases, total) == (102_144, 124_439_808)
+
+
+# ---- hooks for many tasks at once ---------------------------------------------------------------
+
+def _kv_of(model, ids):
+    """Every layer's keys/values of `ids` [B, T] (from the model's own cache)."""
+    cfg = model.config
+    cache = KVCache(cfg.n_layer, ids.shape[0], cfg.n_head, ids.shape[1], cfg.head_dim)
+    with torch.no_grad():
+        model(ids, cache=cache)
+    return [(cache.k[i], cache.v[i]) for i in range(cfg.n_layer)]
+
+
+def test_infix_equals_real_tokens_in_the_middle():
+    """prefix_start=len(x): the slots sit between x and y, i.e. [x; INFIX; y]."""
+    model = _tiny()
+    x, z, y = (torch.randint(0, TINY["vocab_size"], (2, n)) for n in (4, 3, 5))
+    xz = _kv_of(model, torch.cat([x, z], 1))
+    infix = [(k[:, :, 4:], v[:, :, 4:]) for k, v in xz]  # keys/values of z, computed after x
+    with torch.no_grad():
+        want = model(torch.cat([x, z, y], 1))
+        got = model(torch.cat([x, y], 1), prefix=infix, prefix_start=torch.full((2,), 4))
+    assert (got[:, :4] - want[:, :4]).abs().max() < 1e-5   # x does not see the infix
+    assert (got[:, 4:] - want[:, 7:]).abs().max() < 1e-5   # y does, and sits 3 positions later
+
+
+def test_prefix_mask_equals_shorter_prefix():
+    model = _tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 6))
+    full = [(torch.randn(1, 4, 5, 8), torch.randn(1, 4, 5, 8)) for _ in range(TINY["n_layer"])]
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # row 1 uses only the last 3 slots
+    with torch.no_grad():
+        got = model(ids, prefix=full, prefix_mask=mask)
+        row0 = model(ids[:1], prefix=full)
+        row1 = model(ids[1:], prefix=[(k[:, :, 2:], v[:, :, 2:]) for k, v in full])
+    assert (got[0] - row0[0]).abs().max() < 1e-5
+    assert (got[1] - row1[0]).abs().max() < 1e-5
+
+
+def test_prompt_mask_equals_shorter_prompt():
+    model = _tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 6))
+    prompt = torch.randn(2, 4, TINY["n_embd"])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 1]])
+    with torch.no_grad():
+        got = model(ids, prompt=prompt, prompt_mask=mask)
+        row1 = model(ids[1:], prompt=prompt[1:, 3:])
+    assert (got[1] - row1[0]).abs().max() < 1e-5
+
+
+def test_bias_delta_equals_editing_the_biases_and_works_per_row():
+    model = _tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 6))
+    names = ["h.0.attn.c_attn.bias_query", "h.1.mlp.c_fc.bias", "h.2.ln_2.bias"]
+    params = dict(model.named_parameters())
+    deltas = [{n: torch.randn_like(params[n]) for n in names} for _ in range(2)]
+    with torch.no_grad():
+        per_row = model(ids, bias_delta={n: torch.stack([deltas[0][n], deltas[1][n]]) for n in names})
+        for row in range(2):
+            shared = model(ids[row:row + 1], bias_delta=deltas[row])
+            for n in names:
+                params[n] += deltas[row][n]
+            edited = model(ids[row:row + 1])
+            for n in names:
+                params[n] -= deltas[row][n]
+            assert (shared - edited).abs().max() < 1e-5
+            assert (per_row[row] - edited[0]).abs().max() < 1e-5
+    assert all(m.delta == {} for m in model.modules() if hasattr(m, "delta"))  # nothing left behind
+
+
+def test_bad_hook_inputs_are_refused_before_computing():
+    model = _tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 6))
+    with pytest.raises(MiniPeftError, match=r"prompt must have shape \['2 or 1', 'any', 32\]"):
+        model(ids, prompt=torch.zeros(2, 3, 31))
+    with pytest.raises(MiniPeftError, match="one \\(key, value\\) pair per layer \\(3\\)"):
+        model(ids, prefix=[(torch.zeros(1, 4, 2, 8),) * 2])
+    with pytest.raises(MiniPeftError, match="token ids must be in \\[0, 97\\)"):
+        model(ids + 97)
+    with pytest.raises(MiniPeftError, match="attention_mask must have the shape"):
+        model(ids, torch.ones(2, 5))
+    with pytest.raises(MiniPeftError, match="not a bias slot"):
+        model(ids, bias_delta={"h.0.attn.c_attn.weight": torch.zeros(96)})
+    with pytest.raises(MiniPeftError, match="prefix_mask must have shape"):
+        model(ids, prefix=[(torch.zeros(1, 4, 2, 8),) * 2] * 3, prefix_mask=torch.ones(2, 3))
