@@ -6,3 +6,9 @@ from .layers import KVCache
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "MiniPeftError"]
 __version__ = "0.1.0"
+
+from .bitfit import BitFit  # noqa: E402
+from .prefix import PrefixTuning  # noqa: E402
+from .prompt import PromptTuning  # noqa: E402
+
+__all__ += ["BitFit", "PrefixTuning", "PromptTuning"]

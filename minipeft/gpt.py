@@ -141,6 +141,29 @@ class GPT(nn.Module):
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())  # the tied head is wte, counted once
 
+    # ---- what the PEFT methods need to know about this model --------------------------------
+
+    arch = "gpt"
+
+    def input_embeddings(self):
+        return self.wte
+
+    def prefix_sites(self):
+        """{site: (n_layer, n_head, head_dim)}: where a prefix can go. GPT-2 has one, self-attention."""
+        return {"self": (self.config.n_layer, self.config.n_head, self.config.head_dim)}
+
+    def pack_prefix(self, sites):
+        """The prefix hook argument from {site: [(key, value)] * n_layer}."""
+        return sites["self"]
+
+    @torch.no_grad()
+    def prefix_from_tokens(self, ids):
+        """{site: [(key, value)] * n_layer}, each [B, H, T, D]: the model's own keys/values of ids."""
+        cfg = self.config
+        cache = KVCache(cfg.n_layer, ids.shape[0], cfg.n_head, ids.shape[1], cfg.head_dim, device=ids.device, dtype=self.wte.weight.dtype)
+        self(ids, cache=cache)
+        return {"self": [(cache.k[i], cache.v[i]) for i in range(cfg.n_layer)]}
+
     # ---- forward -----------------------------------------------------------------------------
 
     def forward(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None,

@@ -242,3 +242,44 @@ class KVCache:
     def advance(self, valid):
         self.length += valid.shape[1]
         self.seen += valid.sum(1)
+
+
+# ---- input checks (shared by the models, run before any computation) -----------------------------
+
+def check_ids(name, ids, vocab_size):
+    """A 2-D torch.long tensor of token ids in [0, vocab_size) with at least one token; returns (B, T)."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
+        got = f"{ids.dtype} tensor of shape {list(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise MiniPeftError(f"{name} must be a 2-D torch.long tensor [batch, seq]; got {got}")
+    B, T = ids.shape
+    if B == 0 or T == 0:
+        raise MiniPeftError(f"{name} is empty (shape {list(ids.shape)}); give at least one token per row")
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+        raise MiniPeftError(f"{name}: token ids must be in [0, {vocab_size}); got min {int(ids.min())}, max {int(ids.max())}")
+    return B, T
+
+
+def check_hook_tensor(name, t, shape, device, dtype):
+    """Check a hook tensor: shape[0] is the batch (B or 1 accepted), None accepts any size."""
+    if not isinstance(t, torch.Tensor):
+        raise MiniPeftError(f"{name} must be a tensor; got {type(t).__name__}")
+    want = [f"{shape[0]} or 1"] + ["any" if s is None else s for s in shape[1:]]
+    ok = t.dim() == len(shape) and all(s is None or d == s or (i == 0 and d == 1) for i, (d, s) in enumerate(zip(t.shape, shape)))
+    if not ok or t.shape[-2] == 0:
+        raise MiniPeftError(f"{name} must have shape {want} with at least one slot; got {list(t.shape)}")
+    if t.device != device or t.dtype != dtype:
+        raise MiniPeftError(f"{name} is {t.dtype} on {t.device}; the model is {dtype} on {device}")
+
+
+def check_prefix(name, prefix, n_layer, batch, n_head, head_dim, device, dtype):
+    """One (key, value) pair per layer, each [batch or 1, n_head, P, head_dim], the same P in every layer."""
+    if not isinstance(prefix, (list, tuple)) or len(prefix) != n_layer:
+        got = len(prefix) if isinstance(prefix, (list, tuple)) else type(prefix).__name__
+        raise MiniPeftError(f"{name} must hold one (key, value) pair per layer ({n_layer}); got {got}")
+    first = prefix[0][0] if isinstance(prefix[0], (list, tuple)) and len(prefix[0]) else None
+    P = first.shape[2] if isinstance(first, torch.Tensor) and first.dim() == 4 else None
+    for i, pair in enumerate(prefix):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise MiniPeftError(f"{name}[{i}] must be a (key, value) pair")
+        for part, t in zip(("key", "value"), pair):
+            check_hook_tensor(f"{name}[{i}] {part}", t, (batch, n_head, P, head_dim), device, dtype)

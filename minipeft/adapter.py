@@ -1,0 +1,118 @@
+"""What BitFit, PrefixTuning and PromptTuning share: the wrapper, the report, adapter files.
+
+An adapter wraps a frozen model. Its own parameters produce the hook arguments of one call
+(bias_delta, prefix, prompt) and it forwards everything else to the model untouched, so the base
+weights are never modified and never receive a gradient.
+
+Adapter file: safetensors with metadata
+  minipeft_format  "1"
+  method           "bitfit" | "prefix" | "prompt"
+  config           JSON of the method's settings
+  base             JSON fingerprint of the base model (architecture, shapes, hash of a few weights)
+"""
+
+import hashlib
+import json
+
+import torch
+import torch.nn as nn
+
+from . import safetensors
+from .errors import MiniPeftError
+
+FORMAT_VERSION = 1
+
+
+def fingerprint(model):
+    """A base model's identity: family, config, parameter shapes, and a hash of a few weights."""
+    h = hashlib.sha256()
+    params = dict(model.named_parameters())
+    shapes = {name: list(p.shape) for name, p in params.items()}
+    for name in sorted(params)[:: max(1, len(params) // 8)]:  # ~8 tensors spread over the model
+        h.update(name.encode())
+        h.update(params[name].detach().reshape(-1)[:256].float().cpu().numpy().tobytes())
+    return {"arch": model.arch, "n_parameters": sum(p.numel() for p in params.values()),
+            "shapes_sha256": hashlib.sha256(json.dumps(shapes, sort_keys=True).encode()).hexdigest()[:16],
+            "weights_sha256": h.hexdigest()[:16]}
+
+
+def count_parameters(params):
+    return sum(p.numel() for p in params)
+
+
+class Adapter(nn.Module):
+    """Base class. Subclasses set `method`, define `settings()` (JSON-able dict), `hooks(batch)` and
+    `adapter_state()` / `load_adapter_state()` (the tensors an adapter file holds)."""
+
+    method = None
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    # the model's hooks for one call: {"bias_delta": ..., "prefix": ..., "prompt": ...}
+    def hooks(self, batch_size):
+        raise NotImplementedError
+
+    def forward(self, input_ids, *args, **kwargs):
+        return self.model(input_ids, *args, **self.hooks(input_ids.shape[0]), **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids, *args, **kwargs):
+        return self.model.generate(input_ids, *args, **self.hooks(input_ids.shape[0]), **kwargs)
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def report(self):
+        """'trainable N of M (x%)', M counting the base model's parameters."""
+        n, total = count_parameters(self.trainable_parameters()), self.model.num_parameters()
+        return f"trainable {n:,} of {total:,} ({100 * n / total:.3f}%)"
+
+    # ---- adapter files -------------------------------------------------------------------------
+
+    def save(self, path):
+        """Write the adapter (only its tensors, a few KB to MB) atomically to a safetensors file."""
+        meta = {"minipeft_format": str(FORMAT_VERSION), "method": self.method,
+                "config": json.dumps(self.settings(), sort_keys=True), "base": json.dumps(fingerprint(self.model), sort_keys=True)}
+        safetensors.save(path, {k: v.detach() for k, v in self.adapter_state().items()}, metadata=meta)
+
+    @classmethod
+    def load(cls, model, path):
+        """Rebuild the adapter saved at `path` on `model`; refuses another method or another base model."""
+        tensors, meta = safetensors.load(path)
+        check_adapter_metadata(meta, path, cls.method, model)
+        adapter = cls(model, **json.loads(meta["config"]))
+        adapter.load_adapter_state(tensors, path)
+        return adapter
+
+    def _load_named(self, tensors, expected, path):
+        """Copy `tensors` into the parameters/buffers `expected` {name: tensor}, checking names and shapes."""
+        if set(tensors) != set(expected):
+            missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+            raise MiniPeftError(f"{path}: adapter tensors do not match: missing {missing[:5]}, unexpected {extra[:5]}")
+        with torch.no_grad():
+            for name, target in expected.items():
+                if tensors[name].shape != target.shape:
+                    raise MiniPeftError(f"{path}: adapter tensor {name} has shape {list(tensors[name].shape)}; expected {list(target.shape)}")
+                target.copy_(tensors[name])
+
+
+def check_adapter_metadata(meta, path, method, model):
+    if "minipeft_format" not in meta or "method" not in meta:
+        raise MiniPeftError(f"{path}: not a minipeft adapter file (no minipeft_format/method metadata)")
+    try:
+        version = int(meta["minipeft_format"])
+        json.loads(meta.get("config", "{}"))
+        base = json.loads(meta.get("base", "{}"))
+    except (ValueError, TypeError) as e:
+        raise MiniPeftError(f"{path}: damaged adapter metadata ({e})") from None
+    if version > FORMAT_VERSION:
+        raise MiniPeftError(f"{path}: adapter format {version} is newer than this minipeft reads ({FORMAT_VERSION}); upgrade minipeft")
+    if meta["method"] != method:
+        raise MiniPeftError(f"{path}: this is a {meta['method']!r} adapter; load it with that method, not {method!r}")
+    if base != fingerprint(model):
+        raise MiniPeftError(f"{path}: the adapter was trained on a different base model "
+                            f"(saved {base}, this model {fingerprint(model)}); load the base model it was trained on")

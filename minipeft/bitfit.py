@@ -1,0 +1,86 @@
+"""BitFit (Ben Zaken et al., 2022): freeze every weight, train only bias terms.
+
+The trained quantity is a delta per chosen bias slot, zero at the start, added to the frozen
+bias through the model's bias_delta hook, so the base model is never written to. T5 has no
+biases: its slots are absent and the delta alone is the bias (the model is unchanged at step 0).
+
+Terms (roles of bias slots): query, key, value, attn_out, mlp_in (the N -> 4N layer), mlp_out,
+norm. terms="paper" is the paper's cheap subset, query + mlp_in. GPT-2 fuses q/k/v in one
+projection, but each has its own slot, so terms=["query"] trains exactly the query slice.
+The key bias gets an exactly-zero gradient in theory (softmax ignores a per-query constant).
+"""
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from .adapter import Adapter
+from .errors import MiniPeftError
+from .layers import bias_slots
+
+TERMS = ("query", "key", "value", "attn_out", "mlp_in", "mlp_out", "norm")
+PAPER_TERMS = ("query", "mlp_in")
+
+
+def resolve_terms(terms):
+    if terms == "all":
+        return TERMS
+    if terms == "paper":
+        return PAPER_TERMS
+    terms = (terms,) if isinstance(terms, str) else tuple(terms)
+    unknown = [t for t in terms if t not in TERMS]
+    if unknown or not terms:
+        raise MiniPeftError(f"unknown BitFit term(s) {unknown or terms}; choose from 'all', 'paper' or {list(TERMS)}")
+    return terms
+
+
+class BitFit(Adapter):
+    method = "bitfit"
+
+    def __init__(self, model, terms="all", slots=None):
+        """terms: 'all', 'paper' (query + mlp_in) or a list of roles; slots: explicit slot names
+        instead (e.g. a random subset for an ablation)."""
+        super().__init__(model)
+        all_slots = {name: module.parts[role] for name, module, _, role in bias_slots(model)}
+        roles = {name: role for name, _, _, role in bias_slots(model)}
+        if slots is None:
+            self.terms = resolve_terms(terms)
+            slots = [name for name in all_slots if roles[name] in self.terms]
+        else:
+            self.terms = None
+            unknown = [s for s in slots if s not in all_slots]
+            if unknown:
+                raise MiniPeftError(f"not bias slots of this model: {unknown[:5]}")
+        self.slots = list(slots)
+        # nn.ParameterDict keys cannot contain dots: index by position, names kept in self.slots
+        self.deltas = nn.ParameterList(nn.Parameter(torch.zeros(all_slots[s], device=_device(model))) for s in self.slots)
+
+    def settings(self):
+        return {"slots": self.slots}
+
+    def hooks(self, batch_size):
+        return {"bias_delta": dict(zip(self.slots, self.deltas))}
+
+    def adapter_state(self):
+        return dict(zip(self.slots, self.deltas))
+
+    def load_adapter_state(self, tensors, path):
+        self._load_named(tensors, dict(zip(self.slots, self.deltas)), path)
+
+    def merged(self):
+        """A plain copy of the model with the trained biases written in (absent slots enabled)."""
+        model = copy.deepcopy(self.model)
+        slots = {name: (module, attr, role) for name, module, attr, role in bias_slots(model)}
+        with torch.no_grad():
+            for name, delta in zip(self.slots, self.deltas):
+                module, attr, role = slots[name]
+                module.enable_bias(role)
+                getattr(module, attr).add_(delta)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+
+def _device(model):
+    return next(model.parameters()).device

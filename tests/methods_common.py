@@ -1,0 +1,53 @@
+"""Shared helpers for the method tests: tiny models, a toy task, a short training loop."""
+
+import torch
+
+from minipeft import GPT, GPTConfig
+from minipeft.train import make_optimizer
+
+GPT_TINY = dict(vocab_size=61, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+
+
+def tiny_gpt(seed=0):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**GPT_TINY)).eval()
+    with torch.no_grad():  # larger than GPT-2's init, so that a frozen random model can be steered
+        for name, p in model.named_parameters():
+            if "bias" in name:
+                p.normal_(0, 0.1)
+        model.wte.weight.normal_(0, 0.3)
+        for block in model.h:
+            block.attn.c_attn.weight.normal_(0, 0.3)
+    return model
+
+
+def toy_batch(vocab, batch=8, length=16, seed=0):
+    """A toy task a frozen random model can be steered to: random tokens, then the answer 7, 8, 7, 8..."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, length), generator=g)
+    ids[:, length // 2:] = 7 + torch.arange(length - length // 2) % 2
+    return ids
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def toy_labels(ids):
+    """Loss on the answer half only (the random half cannot be predicted)."""
+    labels = ids.clone()
+    labels[:, : ids.shape[1] // 2] = -100
+    return labels
+
+
+def train(module, ids, steps=60, lr=1e-2, **forward_kwargs):
+    """Plain AdamW steps on the toy task's loss; returns (first loss, last loss)."""
+    opt = make_optimizer(module, lr)
+    losses = []
+    for _ in range(steps):
+        _, loss = module(ids, labels=toy_labels(ids), **forward_kwargs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses[0], losses[-1]

@@ -1,0 +1,126 @@
+"""Prefix Tuning on GPT-2: reparameterisation, bake, real-word init, infix, embedding-only, files."""
+
+import pytest
+import torch
+
+from minipeft import BitFit, MiniPeftError, PrefixTuning
+from tests.methods_common import GPT_TINY, snapshot, tiny_gpt, toy_batch, train
+
+L, H, C = GPT_TINY["n_layer"], GPT_TINY["n_head"], GPT_TINY["n_embd"]
+WIDTH = L * 2 * C  # every layer's key and value for one slot
+
+
+def test_trainable_counts():
+    P, hidden = 5, 16
+    assert sum(p.numel() for p in PrefixTuning(tiny_gpt(), P, hidden=hidden).trainable_parameters()) == \
+        P * C + (C * hidden + hidden) + (hidden * WIDTH + WIDTH)
+    assert sum(p.numel() for p in PrefixTuning(tiny_gpt(), P, reparam=False).trainable_parameters()) == P * WIDTH
+
+
+def test_base_gets_no_gradient_and_stays_bit_identical():
+    model = tiny_gpt()
+    before = snapshot(model)
+    adapter = PrefixTuning(model, 4, hidden=16)
+    ids = toy_batch(61)
+    mlp_before = {n: p.detach().clone() for n, p in adapter.mlp.named_parameters()}
+    train(adapter, ids, steps=5)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert all(not torch.equal(mlp_before[n], p) for n, p in adapter.mlp.named_parameters())
+
+
+def test_bake_gives_the_same_logits_and_drops_the_mlp():
+    adapter = PrefixTuning(tiny_gpt(), 4, hidden=16)
+    ids = toy_batch(61)
+    train(adapter, ids, steps=3)
+    with torch.no_grad():
+        before = adapter(ids)
+        adapter.bake()
+        after = adapter(ids)
+    assert torch.equal(before, after)
+    assert len(adapter.mlp) == 0 and sum(p.numel() for p in adapter.trainable_parameters()) == 4 * WIDTH
+
+
+@pytest.mark.parametrize("reparam", [True, False])
+def test_real_word_init_equals_those_words_in_front(reparam):
+    model = tiny_gpt()
+    words = torch.tensor([[3, 14, 15, 9]])
+    adapter = PrefixTuning(model, 4, reparam=reparam, hidden=16, init_ids=words)
+    ids = toy_batch(61, batch=2)
+    with torch.no_grad():
+        want = model(torch.cat([words.expand(2, -1), ids], 1))[:, 4:]
+        assert (adapter(ids) - want).abs().max() < 1e-5
+
+
+def test_infix_is_invisible_before_and_visible_after():
+    model = tiny_gpt()
+    adapter = PrefixTuning(model, 3, where="infix", reparam=False)
+    ids = toy_batch(61, batch=2)
+    at = torch.tensor([5, 8])
+    with torch.no_grad():
+        got, plain = adapter(ids, infix_at=at), model(ids)
+    for row, a in enumerate(at.tolist()):
+        assert (got[row, :a] - plain[row, :a]).abs().max() < 1e-5   # x cannot see the infix
+        assert (got[row, a:] - plain[row, a:]).abs().max() > 1e-3   # y does
+    with pytest.raises(MiniPeftError, match="needs infix_at"):
+        adapter(ids)
+
+
+def test_embedding_only_with_real_words_equals_those_words_as_input():
+    model = tiny_gpt()
+    words = torch.tensor([[3, 14, 15]])
+    adapter = PrefixTuning(model, 3, where="embedding", hidden=16, init_ids=words)
+    ids = toy_batch(61, batch=2)
+    assert set(adapter.hooks(2)) == {"prompt"}
+    with torch.no_grad():
+        assert (adapter(ids) - model(torch.cat([words.expand(2, -1), ids], 1))[:, 3:]).abs().max() < 1e-5
+
+
+def test_prefix_dropout_only_in_training():
+    adapter = PrefixTuning(tiny_gpt(), 4, hidden=16, dropout=0.5)
+    ids = toy_batch(61, batch=2)
+    with torch.no_grad():
+        adapter.eval()
+        a, b = adapter(ids), adapter(ids)
+        adapter.train()
+        c = adapter(ids)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("reparam", [True, False])
+def test_training_lowers_the_loss(reparam):
+    adapter = PrefixTuning(tiny_gpt(), 5, hidden=32, reparam=reparam)
+    first, last = train(adapter, toy_batch(61), steps=60, lr=1e-2 if reparam else 5e-2)
+    assert last < 0.6 * first
+
+
+def test_generate_uses_the_prefix():
+    adapter = PrefixTuning(tiny_gpt(), 4, reparam=False)
+    ids = toy_batch(61, batch=2)[:, :5]
+    with torch.no_grad():
+        want = adapter.model.generate(ids, max_new_tokens=6, **adapter.hooks(2))
+    assert torch.equal(adapter.generate(ids, max_new_tokens=6), want)
+    with torch.no_grad():
+        assert (adapter(ids) - adapter.model(ids)).abs().max() > 1e-3  # the prefix matters
+
+
+def test_saved_adapter_holds_the_baked_prefix(tmp_path):
+    adapter = PrefixTuning(tiny_gpt(), 4, hidden=16)
+    ids = toy_batch(61)
+    train(adapter, ids, steps=3)
+    adapter.save(tmp_path / "p.safetensors")
+    from minipeft import safetensors
+    tensors, meta = safetensors.load(tmp_path / "p.safetensors")
+    assert list(tensors) == ["prefix.self"] and tensors["prefix.self"].shape == (4, WIDTH)
+    loaded = PrefixTuning.load(tiny_gpt(), tmp_path / "p.safetensors")
+    with torch.no_grad():
+        assert (loaded(ids) - adapter(ids)).abs().max() < 1e-6
+    with pytest.raises(MiniPeftError, match="this is a 'prefix' adapter"):
+        BitFit.load(tiny_gpt(), tmp_path / "p.safetensors")
+
+
+def test_bad_arguments():
+    with pytest.raises(MiniPeftError, match="unknown prefix placement"):
+        PrefixTuning(tiny_gpt(), 4, where="middle")
+    with pytest.raises(MiniPeftError, match="n_prefix must be >= 1"):
+        PrefixTuning(tiny_gpt(), 0)
