@@ -85,14 +85,18 @@ class PrefixTuning(Adapter):
         offset = getattr(self, f"offset_{site}", None)
         return out if offset is None else out + offset
 
-    def hooks(self, batch_size):
-        if self.where == "embedding":
-            return {"prompt": self.dropout(self.flat("prompt"))[None]}
+    def sites(self):
+        """{site: [(key, value)] * n_layer}, each [1, H, P, D], from the flat prefixes."""
         sites = {}
         for site, (L, H, D) in self.model.prefix_sites().items():
             kv = self.dropout(self.flat(site)).view(self.n_prefix, L, 2, H, D).permute(1, 2, 3, 0, 4)  # [L, 2, H, P, D]
-            sites[site] = [(kv[i, 0][None], kv[i, 1][None]) for i in range(L)]                        # [1, H, P, D]
-        return {"prefix": self.model.pack_prefix(sites)}
+            sites[site] = [(kv[i, 0][None], kv[i, 1][None]) for i in range(L)]
+        return sites
+
+    def hooks(self, batch_size):
+        if self.where == "embedding":
+            return {"prompt": self.dropout(self.flat("prompt"))[None]}
+        return {"prefix": self.model.pack_prefix(self.sites())}
 
     def forward(self, input_ids, *args, infix_at=None, **kwargs):
         return super().forward(input_ids, *args, **self._infix(infix_at, input_ids.shape[0]), **kwargs)
