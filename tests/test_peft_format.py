@@ -1,0 +1,76 @@
+"""peft interoperability: adapters cross both ways with equal logits (peft is a test oracle)."""
+
+import pytest
+import torch
+
+from minipeft import GPT, MiniPeftError, PrefixTuning, PromptTuning, BitFit
+from minipeft.peft_format import load_peft, save_peft
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+CFG = dict(vocab_size=61, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """The same random tiny GPT-2 in transformers and in minipeft."""
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**CFG, bos_token_id=0, eos_token_id=0)).eval()
+    folder = tmp_path_factory.mktemp("base")
+    hf.save_pretrained(folder)
+    return folder
+
+
+def _peft_model(folder, adapter_folder):
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    return peft.PeftModel.from_pretrained(hf, adapter_folder).eval()
+
+
+def _trained(adapter):
+    with torch.no_grad():
+        for p in adapter.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return adapter
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_minipeft_adapter_runs_in_peft(base, tmp_path, kind):
+    ours = GPT.from_pretrained(base)
+    adapter = _trained(PromptTuning(ours, 4) if kind == "prompt" else PrefixTuning(ours, 4, hidden=16))
+    save_peft(adapter, tmp_path)
+    theirs = _peft_model(base, tmp_path)
+    ids = torch.randint(0, 61, (2, 9))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        want = theirs(input_ids=ids, attention_mask=mask).logits
+        want = want[:, -9:]  # peft's prompt tuning returns P extra leading positions
+        got = adapter(ids, mask)
+    assert (got - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_peft_adapter_runs_in_minipeft(base, tmp_path, kind):
+    hf = transformers.GPT2LMHeadModel.from_pretrained(base).eval()
+    config = (peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5) if kind == "prompt" else
+              peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=16))
+    theirs = peft.get_peft_model(hf, config)
+    with torch.no_grad():  # as if trained
+        for p in theirs.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    theirs.eval()
+    theirs.save_pretrained(tmp_path)
+    adapter = load_peft(GPT.from_pretrained(base), tmp_path)
+    ids = torch.randint(0, 61, (2, 9))
+    with torch.no_grad():
+        want = theirs(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -9:]
+        got = adapter(ids)
+    assert (got - want).abs().max() < 1e-5
+
+
+def test_unsupported_adapters_are_refused(base, tmp_path):
+    with pytest.raises(MiniPeftError, match="peft's format covers"):
+        save_peft(BitFit(GPT.from_pretrained(base)), tmp_path)
+    with pytest.raises(MiniPeftError, match="does not exist"):
+        load_peft(GPT.from_pretrained(base), tmp_path / "none")
