@@ -84,7 +84,11 @@ class Adapter(nn.Module):
         """Rebuild the adapter saved at `path` on `model`; refuses another method or another base model."""
         tensors, meta = safetensors.load(path)
         check_adapter_metadata(meta, path, cls.method, model)
-        adapter = cls(model, **json.loads(meta["config"]))
+        settings = json.loads(meta["config"])
+        try:
+            adapter = cls(model, **settings)
+        except (TypeError, ValueError, KeyError) as e:  # settings written by hand or damaged
+            raise MiniPeftError(f"{path}: adapter settings {str(settings)[:200]} do not fit {cls.__name__} ({e})") from None
         adapter.load_adapter_state(tensors, path)
         return adapter
 
@@ -105,10 +109,11 @@ def check_adapter_metadata(meta, path, method, model):
         raise MiniPeftError(f"{path}: not a minipeft adapter file (no minipeft_format/method metadata)")
     try:
         version = int(meta["minipeft_format"])
-        json.loads(meta.get("config", "{}"))
-        base = json.loads(meta.get("base", "{}"))
-    except (ValueError, TypeError) as e:
+        config, base = json.loads(meta.get("config", "{}")), json.loads(meta.get("base", "{}"))
+    except (ValueError, TypeError, RecursionError) as e:
         raise MiniPeftError(f"{path}: damaged adapter metadata ({e})") from None
+    if not isinstance(config, dict):
+        raise MiniPeftError(f"{path}: adapter config must be a JSON object, got {str(config)[:100]}")
     if version > FORMAT_VERSION:
         raise MiniPeftError(f"{path}: adapter format {version} is newer than this minipeft reads ({FORMAT_VERSION}); upgrade minipeft")
     if meta["method"] != method:

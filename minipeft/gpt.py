@@ -24,7 +24,8 @@ from . import checkpoint, safetensors
 from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import decode
-from .layers import KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, merge_heads, split_heads
+from .layers import (KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, check_hook_tensor, check_ids,
+                     check_prefix, merge_heads, split_heads)
 
 
 @dataclass
@@ -62,7 +63,7 @@ class GPTConfig:
             raise MiniPeftError(f"{source}: n_inner must be a positive integer or null, got {self.n_inner!r}")
         if self.n_embd % self.n_head:
             raise MiniPeftError(f"{source}: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0 <= self.dropout < 1:
+        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
             raise MiniPeftError(f"{source}: dropout must be in [0, 1), got {self.dropout!r}")
         return self
 
@@ -249,29 +250,15 @@ class GPT(nn.Module):
 
     def _check_inputs(self, input_ids, attention_mask, prefix, prompt, labels):
         cfg = self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
-            got = f"{input_ids.dtype} tensor of shape {list(input_ids.shape)}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-            raise MiniPeftError(f"input_ids must be a 2-D torch.long tensor [batch, seq]; got {got}")
-        B, T = input_ids.shape
-        if B == 0 or T == 0:
-            raise MiniPeftError(f"input_ids is empty (shape {list(input_ids.shape)}); give at least one token per row")
-        if int(input_ids.min()) < 0 or int(input_ids.max()) >= cfg.vocab_size:
-            raise MiniPeftError(f"token ids must be in [0, {cfg.vocab_size}); got min {int(input_ids.min())}, max {int(input_ids.max())}")
+        B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
         for name, t in (("attention_mask", attention_mask), ("labels", labels)):
             if t is not None and tuple(t.shape) != (B, T):
                 raise MiniPeftError(f"{name} must have the shape of input_ids {[B, T]}; got {list(t.shape)}")
         device, dtype = self.wte.weight.device, self.wte.weight.dtype
         if prompt is not None:
-            _check_tensor("prompt", prompt, (B, None, cfg.n_embd), device, dtype)
+            check_hook_tensor("prompt", prompt, (B, None, cfg.n_embd), device, dtype)
         if prefix is not None:
-            if len(prefix) != cfg.n_layer:
-                raise MiniPeftError(f"prefix must hold one (key, value) pair per layer ({cfg.n_layer}); got {len(prefix)}")
-            P = prefix[0][0].shape[2] if prefix[0][0].dim() == 4 else None
-            for i, pair in enumerate(prefix):
-                if len(pair) != 2:
-                    raise MiniPeftError(f"prefix[{i}] must be a (key, value) pair")
-                for name, t in zip(("key", "value"), pair):
-                    _check_tensor(f"prefix[{i}] {name}", t, (B, cfg.n_head, P, cfg.head_dim), device, dtype)
+            check_prefix("prefix", prefix, cfg.n_layer, B, cfg.n_head, cfg.head_dim, device, dtype)
         return B, T
 
     # ---- generation --------------------------------------------------------------------------
@@ -333,18 +320,6 @@ class GPT(nn.Module):
         checkpoint.write_json(os.path.join(folder, "config.json"), config_to_hf(self.config))
 
 
-def _check_tensor(name, t, shape, device, dtype):
-    """Check a hook tensor: shape[0] is the batch (B or 1 accepted), None accepts any size."""
-    if not isinstance(t, torch.Tensor):
-        raise MiniPeftError(f"{name} must be a tensor; got {type(t).__name__}")
-    want = [f"{shape[0]} or 1"] + ["any" if s is None else s for s in shape[1:]]
-    ok = t.dim() == len(shape) and all(s is None or d == s or (i == 0 and d == 1) for i, (d, s) in enumerate(zip(t.shape, shape)))
-    if not ok or t.shape[-2] == 0:
-        raise MiniPeftError(f"{name} must have shape {want} with at least one slot; got {list(t.shape)}")
-    if t.device != device or t.dtype != dtype:
-        raise MiniPeftError(f"{name} is {t.dtype} on {t.device}; the model is {dtype} on {device}")
-
-
 # ---- checkpoint key map ------------------------------------------------------------------------
 
 IGNORED_KEYS = (r"h\.\d+\.attn\.bias", r"h\.\d+\.attn\.masked_bias")  # causal-mask buffers, not parameters
@@ -387,7 +362,7 @@ def config_from_hf(hf, source):
     if type(eps) not in (int, float) or not 0 < eps < 1:
         raise MiniPeftError(f"{source}: layer_norm_epsilon must be a small positive number, got {eps!r}")
     cfg = GPTConfig(vocab_size=vocab, n_positions=n_pos, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                    n_inner=hf.get("n_inner"), layer_norm_eps=float(eps), dropout=float(hf.get("resid_pdrop", 0.0) or 0.0))
+                    n_inner=hf.get("n_inner"), layer_norm_eps=float(eps), dropout=hf.get("resid_pdrop", 0.0))
     return cfg.validate(source)
 
 

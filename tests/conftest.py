@@ -16,3 +16,16 @@ def no_network(monkeypatch):
 @pytest.fixture(autouse=True)
 def seeded():
     torch.manual_seed(0)
+
+
+# Fuzz tests: a quick profile in the normal suite, thousands of cases with MINIPEFT_FUZZ=full.
+try:
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("quick", max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    settings.register_profile("full", max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+    settings.load_profile("full" if os.environ.get("MINIPEFT_FUZZ") == "full" else "quick")
+except ImportError:  # hypothesis comes with the dev extra
+    pass
