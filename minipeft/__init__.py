@@ -3,8 +3,9 @@
 from .errors import MiniPeftError
 from .gpt import GPT, GPTConfig
 from .layers import KVCache
+from .t5 import T5, T5Config
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "MiniPeftError"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "MiniPeftError", "T5", "T5Config"]
 __version__ = "0.1.0"
 
 from .bitfit import BitFit  # noqa: E402

@@ -1,9 +1,10 @@
-"""Tokenizers that work offline: GPT-2 BPE through tiktoken, and a character-level one."""
+"""Tokenizers that work offline: GPT-2 BPE through tiktoken, a character-level one, T5's SentencePiece."""
 
 import base64
 import hashlib
 import json
 import os
+import re
 from importlib import resources
 
 import tiktoken
@@ -81,3 +82,74 @@ class CharTokenizer:
     def from_json(cls, s):
         d = json.loads(s)
         return cls(d["chars"], d["unk"])
+
+
+class T5Tokenizer:
+    """T5's SentencePiece tokenizer (spiece.model), offline; needs `pip install 'minipeft[t5]'`.
+
+    Ids: pad 0, eos 1 (appended by encode), unk 2, then the pieces; the sentinels <extra_id_k> sit
+    above the pieces, counted down from the top: <extra_id_k> = vocab_size - 1 - k (T5: 32,000
+    pieces + 100 sentinels, <extra_id_0> = 32099). The model's vocabulary (32128) is larger: padding.
+    """
+
+    PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+    SENTINEL = re.compile(r"<extra_id_(\d+)>")
+
+    def __init__(self, path, extra_ids=100):
+        try:
+            import sentencepiece  # optional: only T5 needs it
+        except ImportError:
+            raise MiniPeftError("T5Tokenizer needs the sentencepiece package: pip install 'minipeft[t5]'") from None
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "spiece.model")
+        if not os.path.isfile(path):
+            raise MiniPeftError(f"{path} does not exist; pass T5's spiece.model or the folder holding it")
+        try:
+            self.sp = sentencepiece.SentencePieceProcessor(model_file=path)
+        except (RuntimeError, OSError) as e:
+            raise MiniPeftError(f"{path}: not a SentencePiece model ({str(e)[:200]})") from None
+        if (self.sp.pad_id(), self.sp.eos_id()) != (self.PAD_ID, self.EOS_ID):
+            raise MiniPeftError(f"{path}: pad/eos ids are {self.sp.pad_id()}/{self.sp.eos_id()}; T5 uses 0/1")
+        if type(extra_ids) is not int or extra_ids < 0:
+            raise MiniPeftError(f"extra_ids must be a non-negative integer, got {extra_ids!r}")
+        self.n_pieces, self.extra_ids = self.sp.get_piece_size(), extra_ids
+
+    @property
+    def vocab_size(self):
+        return self.n_pieces + self.extra_ids
+
+    def sentinel_id(self, k):
+        if not 0 <= k < self.extra_ids:
+            raise MiniPeftError(f"<extra_id_{k}> does not exist; this tokenizer has {self.extra_ids} sentinels")
+        return self.vocab_size - 1 - k
+
+    def encode(self, text, add_eos=True):
+        """Token ids of text; <extra_id_k> in the text becomes its sentinel id; eos appended."""
+        ids, start = [], 0
+        for m in self.SENTINEL.finditer(text):
+            ids += self.sp.encode(text[start:m.start()])
+            ids.append(self.sentinel_id(int(m.group(1))))
+            start = m.end()
+        ids += self.sp.encode(text[start:])
+        return ids + [self.EOS_ID] if add_eos else ids
+
+    def decode(self, ids, skip_special_tokens=True):
+        """Text of ids; sentinels come back as <extra_id_k>, pad and eos are dropped (or spelled out)."""
+        out, run = [], []
+        for i in (int(i) for i in ids):
+            if not 0 <= i < self.vocab_size:
+                raise MiniPeftError(f"token id {i} is outside this tokenizer's vocabulary [0, {self.vocab_size})")
+            if i in (self.PAD_ID, self.EOS_ID) or i >= self.n_pieces:
+                if run:
+                    out.append(self.sp.decode(run))
+                    run = []
+                if i >= self.n_pieces:
+                    out.append(f"<extra_id_{self.vocab_size - 1 - i}>")
+                elif not skip_special_tokens:
+                    out.append(self.sp.id_to_piece(i))
+            else:
+                run.append(i)
+        if run:
+            out.append(self.sp.decode(run))
+        return " ".join(out)
