@@ -28,8 +28,10 @@ the real tokens at P, P+1, ...:
     encoder, never confused with tokens after the query), and distances between real tokens are
     unchanged, so a prefix made of real tokens' keys/values reproduces those tokens.
   - cross-attention has no position bias: a prefix there just adds keys/values.
-Encoder and decoder positions are plain indices (as in transformers); padding takes a position,
-which changes nothing between real tokens as long as it sits at the ends.
+Positions count valid slots only: padding, and the unused slots of a shorter prompt or prefix in
+a mixed-task batch, take none. Without padding these are the plain indices transformers uses; with
+padding the distances between real tokens are the same as in transformers, and a row of a mixed
+batch gets exactly the bias it would get alone.
 """
 
 import math
@@ -238,22 +240,29 @@ class Stack(nn.Module):
         self.final_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps, cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def position_bias(self, n_query, n_keys):
-        """[1, H, T, S]: the bias of T queries that are the last T of S key positions."""
-        device = self.relative_attention_bias.weight.device
-        q = torch.arange(n_keys - n_query, n_keys, device=device)[:, None]
-        k = torch.arange(n_keys, device=device)[None, :]
-        buckets = relative_position_bucket(k - q, not self.is_decoder, self.num_buckets, self.max_distance)
-        return self.relative_attention_bias(buckets).permute(2, 0, 1)[None]
+    def position_bias(self, key_valid, n_query):
+        """[B or 1, H, T, S] for T queries that are the last T of S keys. Positions count valid keys
+        only (padding and unused prefix/prompt slots take none), so a row's bias is what it would
+        be alone; with no padding they are the plain indices transformers uses."""
+        if bool(key_valid.all()):
+            pos = torch.arange(key_valid.shape[1], device=key_valid.device)[None]  # [1, S]
+        else:
+            pos = key_valid.long().cumsum(1) - 1                                    # [B, S]
+        rel = pos[:, None, :] - pos[:, -n_query:, None]                             # [B, T, S] key - query
+        buckets = relative_position_bucket(rel, not self.is_decoder, self.num_buckets, self.max_distance)
+        return self.relative_attention_bias(buckets).permute(0, 3, 1, 2)
 
-    def forward(self, x, key_valid, *, prefix=None, cache=None, cross_kv=None, cross_mask=None, cross_prefix=None):
+    def forward(self, x, key_valid, *, prefix=None, prefix_valid=None, cache=None, cross_kv=None, cross_mask=None,
+                cross_prefix=None):
         """x [B, T, d_model] -> [B, T, d_model]. key_valid [B, S] marks the real keys (S = T, or
-        the cached tokens + T); prefix slots take key positions 0..P-1 in front of them."""
-        T, S = x.shape[1], key_valid.shape[1]
+        the cached tokens + T); prefix slots take key positions 0..P-1 in front of them, and
+        prefix_valid [B or 1, P] marks the slots a row uses (left-padded: distances stay the same)."""
+        T, B = x.shape[1], x.shape[0]
         P = 0 if prefix is None else prefix[0][0].shape[2]
-        mask = self.position_bias(T, P + S)                                    # [1, H, T, P+S]
-        if not (bool(key_valid.all()) and (not self.is_decoder or T == 1)):
-            allowed = build_mask(key_valid, T, n_prefix=P, causal=self.is_decoder)  # [B, 1, T, P+S]
+        slots = key_valid.new_ones(B, P) if prefix_valid is None else prefix_valid.expand(B, -1)
+        mask = self.position_bias(torch.cat([slots, key_valid], 1), T)         # [B or 1, H, T, P+S]
+        if not (bool(key_valid.all()) and prefix_valid is None and (not self.is_decoder or T == 1)):
+            allowed = build_mask(key_valid, T, n_prefix=P, prefix_valid=prefix_valid, causal=self.is_decoder)  # [B, 1, T, P+S]
             mask = torch.where(allowed, mask, float("-inf"))                    # masked keys get zero weight
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
@@ -334,7 +343,8 @@ class T5(nn.Module):
     # ---- forward -----------------------------------------------------------------------------
 
     def forward(self, input_ids=None, decoder_input_ids=None, attention_mask=None, *, decoder_attention_mask=None,
-                prefix=None, prompt=None, bias_delta=None, labels=None, encoder_out=None, cache=None):
+                prefix=None, prompt=None, bias_delta=None, prefix_mask=None, prompt_mask=None, labels=None,
+                encoder_out=None, cache=None):
         """Logits [B, T_dec, vocab] aligned with decoder_input_ids; with labels also the mean loss.
 
         input_ids [B, T] and attention_mask [B, T] (1 = real, 0 = padding) feed the encoder, or give
@@ -342,37 +352,46 @@ class T5(nn.Module):
         shift_right(labels); labels [B, T_dec] use -100 where no loss is wanted (not shifted again).
         decoder_attention_mask [B, T_dec]; cache: a KVCache for the decoder's self-attention (the
         cross-attention keys/values are recomputed per call; generate() computes them once).
-        Hooks: prefix, prompt, bias_delta (see the module docstring).
+        Hooks: prefix, prompt, bias_delta (see the module docstring); prefix_mask {site: [B or 1, P]}
+        and prompt_mask [B or 1, P] for rows that use fewer slots (many tasks in one batch).
         """
         decoder_input_ids = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoder_input_ids,
                                                decoder_attention_mask, labels, encoder_out)
-        prefix = prefix or {}
+        prefix, prefix_mask = prefix or {}, self._check_hook_masks(prefix, prefix_mask, prompt, prompt_mask)
         with bias_deltas(self, bias_delta):
             if encoder_out is None:
-                encoder_out = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt)
+                encoder_out = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
+                                           prefix_mask.get("encoder"), prompt_mask)
             hidden, enc_valid = encoder_out
-            logits = self._decode(decoder_input_ids, decoder_attention_mask, enc_valid, self._cross_kv(hidden), prefix, cache)
+            logits = self._decode(decoder_input_ids, decoder_attention_mask, enc_valid, self._cross_kv(hidden), prefix,
+                                  cache, prefix_mask)
         if labels is None:
             return logits
         return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
-    def encode(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None):
+    def encode(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None, prefix_mask=None,
+               prompt_mask=None):
         """Run the encoder once: (hidden [B, P_prompt + T, d_model], mask [B, P_prompt + T] bool).
         The pair is what forward(encoder_out=...) takes. Only prefix["encoder"] is used here."""
         self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
+        prefix_mask = self._check_hook_masks(prefix or {}, prefix_mask, prompt, prompt_mask)
         with bias_deltas(self, bias_delta):
-            return self._encode(input_ids, attention_mask, (prefix or {}).get("encoder"), prompt)
+            return self._encode(input_ids, attention_mask, (prefix or {}).get("encoder"), prompt,
+                                prefix_mask.get("encoder"), prompt_mask)
 
-    def _encode(self, input_ids, attention_mask, prefix, prompt, cache=None):
+    def _encode(self, input_ids, attention_mask, prefix, prompt, prefix_valid=None, prompt_mask=None, cache=None):
         B = input_ids.shape[0]
         x = self.shared(input_ids)                                          # [B, T, d] (no sqrt(d) scaling)
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if prompt is not None:
             x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)             # [B, P + T, d]
-            valid = torch.cat([valid.new_ones(B, prompt.shape[1]), valid], dim=1)
+            slots = valid.new_ones(B, prompt.shape[1]) if prompt_mask is None else prompt_mask.bool().expand(B, -1)
+            valid = torch.cat([slots, valid], dim=1)
+        if prefix_valid is not None:
+            prefix_valid = prefix_valid.bool()
         if cache is None:
-            return self.encoder(x, valid, prefix=prefix), valid
-        h = self.encoder(x, cache.append_mask(valid), prefix=prefix, cache=cache)  # the cache records keys/values
+            return self.encoder(x, valid, prefix=prefix, prefix_valid=prefix_valid), valid
+        h = self.encoder(x, cache.append_mask(valid), prefix=prefix, prefix_valid=prefix_valid, cache=cache)  # the cache records keys/values
         cache.advance(valid)
         return h, valid
 
@@ -380,17 +399,21 @@ class T5(nn.Module):
         """Keys/values of the encoder output for every decoder layer's cross-attention."""
         return [block.cross.kv(hidden) for block in self.decoder.blocks]
 
-    def _decode(self, ids, attention_mask, enc_valid, cross_kv, prefix, cache):
+    def _decode(self, ids, attention_mask, enc_valid, cross_kv, prefix, cache, prefix_mask=None):
         B = ids.shape[0]
+        prefix_mask = prefix_mask or {}
         x = self.shared(ids)                                                # [B, T, d]
         valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         key_valid = valid if cache is None else cache.append_mask(valid)    # [B, S] every key so far
         cross_prefix = prefix.get("cross")
-        if cross_prefix is not None:                                        # its slots are always visible
-            enc_valid = torch.cat([enc_valid.new_ones(B, cross_prefix[0][0].shape[2]), enc_valid], dim=1)
+        if cross_prefix is not None:                                        # its slots are visible to every query
+            P = cross_prefix[0][0].shape[2]
+            slots = enc_valid.new_ones(B, P) if "cross" not in prefix_mask else prefix_mask["cross"].bool().expand(B, -1)
+            enc_valid = torch.cat([slots, enc_valid], dim=1)
         cross_mask = None if bool(enc_valid.all()) else enc_valid[:, None, None, :]  # [B, 1, 1, Pc+S], no position bias
-        h = self.decoder(x, key_valid, prefix=prefix.get("decoder"), cache=cache, cross_kv=cross_kv,
-                         cross_mask=cross_mask, cross_prefix=cross_prefix)
+        decoder_valid = prefix_mask.get("decoder")
+        h = self.decoder(x, key_valid, prefix=prefix.get("decoder"), prefix_valid=None if decoder_valid is None else decoder_valid.bool(),
+                         cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, cross_prefix=cross_prefix)
         if cache is not None:
             cache.advance(valid)
         if self.lm_head is not None:
@@ -449,11 +472,29 @@ class T5(nn.Module):
                 raise MiniPeftError(f"{name} must have the shape of decoder_input_ids {[B, Td]}; got {list(t.shape)}")
         return decoder_input_ids
 
+    def _check_hook_masks(self, prefix, prefix_mask, prompt, prompt_mask):
+        """Validate prefix_mask {site: [B or 1, P]} and prompt_mask [B or 1, P]; returns prefix_mask as a dict."""
+        prefix = prefix or {}
+        if prefix_mask is None:
+            prefix_mask = {}
+        if not isinstance(prefix_mask, dict) or not set(prefix_mask) <= set(prefix):
+            raise MiniPeftError(f"prefix_mask must be a dict over the prefix's sites {sorted(prefix)}")
+        checks = [(f"prefix_mask[{k!r}]", m, prefix[k][0][0].shape[2]) for k, m in prefix_mask.items()]
+        if prompt_mask is not None:
+            if prompt is None:
+                raise MiniPeftError("prompt_mask given without prompt")
+            checks.append(("prompt_mask", prompt_mask, prompt.shape[1]))
+        for name, m, P in checks:
+            if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[1] != P:
+                raise MiniPeftError(f"{name} must have shape [B or 1, {P}]; got {list(getattr(m, 'shape', []))}")
+        return prefix_mask
+
     # ---- generation --------------------------------------------------------------------------
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, *, max_new_tokens=20, temperature=0.0, top_k=None,
-                 eos_token_id=EOS_ID, generator=None, prefix=None, prompt=None, bias_delta=None):
+                 eos_token_id=EOS_ID, generator=None, prefix=None, prompt=None, bias_delta=None, prefix_mask=None,
+                 prompt_mask=None):
         """Decode an answer to each row of input_ids (padding on either side is fine).
 
         The encoder runs once, each decoder layer's cross-attention keys/values are computed once,
@@ -462,16 +503,17 @@ class T5(nn.Module):
         Returns [B, 1 + n_new] decoder tokens, starting with the start token 0, as transformers does.
         """
         self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
-        prefix = prefix or {}
+        prefix, prefix_mask = prefix or {}, self._check_hook_masks(prefix or {}, prefix_mask, prompt, prompt_mask)
         if type(max_new_tokens) is not int or max_new_tokens < 0:
             raise MiniPeftError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
         cfg, w, B = self.config, self.shared.weight, input_ids.shape[0]
         start = input_ids.new_full((B, 1), PAD_ID)
         with bias_deltas(self, bias_delta):
-            hidden, enc_valid = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt)
+            hidden, enc_valid = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
+                                             prefix_mask.get("encoder"), prompt_mask)
             cross_kv = self._cross_kv(hidden)                                # once, not per step
             cache = KVCache(cfg.num_decoder_layers, B, cfg.num_heads, max_new_tokens + 1, cfg.d_kv, device=w.device, dtype=w.dtype)
-            step = lambda tok: self._decode(tok, None, enc_valid, cross_kv, prefix, cache)[:, -1]  # noqa: E731
+            step = lambda tok: self._decode(tok, None, enc_valid, cross_kv, prefix, cache, prefix_mask)[:, -1]  # noqa: E731
             new = decode(step, step(start), max_new_tokens, eos_token_id=eos_token_id, temperature=temperature,
                          top_k=top_k, generator=generator)
         return torch.cat([start, new], dim=1)

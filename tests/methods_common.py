@@ -51,3 +51,33 @@ def train(module, ids, steps=60, lr=1e-2, **forward_kwargs):
         opt.step()
         losses.append(loss.item())
     return losses[0], losses[-1]
+
+
+T5_TINY = dict(vocab_size=61, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4,
+               relative_attention_num_buckets=8, relative_attention_max_distance=16)
+
+
+def tiny_t5(seed=0, **kw):
+    from minipeft import T5, T5Config
+    torch.manual_seed(seed)
+    return T5(T5Config(**{**T5_TINY, **kw})).eval()
+
+
+def toy_seq2seq(vocab, batch=8, length=10, seed=0):
+    """(encoder ids, labels): random inputs, and the answer 7 8 7 8 ... then eos (1)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (batch, length), generator=g)
+    labels = (7 + torch.arange(5) % 2).repeat(batch, 1)
+    return ids, torch.cat([labels, torch.ones(batch, 1, dtype=torch.long)], 1)
+
+
+def train_seq2seq(module, ids, labels, steps=60, lr=1e-2):
+    opt = make_optimizer(module, lr)
+    losses = []
+    for _ in range(steps):
+        _, loss = module(ids, labels=labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses[0], losses[-1]
