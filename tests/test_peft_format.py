@@ -74,3 +74,44 @@ def test_unsupported_adapters_are_refused(base, tmp_path):
         save_peft(BitFit(GPT.from_pretrained(base)), tmp_path)
     with pytest.raises(MiniPeftError, match="does not exist"):
         load_peft(GPT.from_pretrained(base), tmp_path / "none")
+
+
+T5_CFG = dict(vocab_size=50, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+              relative_attention_max_distance=16)
+
+
+@pytest.fixture(scope="module")
+def t5_base(tmp_path_factory):
+    torch.manual_seed(0)
+    hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**T5_CFG, decoder_start_token_id=0)).eval()
+    folder = tmp_path_factory.mktemp("t5")
+    hf.save_pretrained(folder)
+    return folder
+
+
+def _t5_logits(model, ids, dec):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=dec).logits
+
+
+def test_t5_prompt_tuning_both_ways(t5_base, tmp_path):
+    from minipeft import T5
+    ids = torch.randint(2, 50, (2, 7))
+    dec = torch.randint(2, 50, (2, 4))
+    # minipeft -> peft
+    ours = _trained(PromptTuning(T5.from_pretrained(t5_base), 3))
+    save_peft(ours, tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(transformers.T5ForConditionalGeneration.from_pretrained(t5_base).eval(), tmp_path / "ours").eval()
+    with torch.no_grad():
+        assert (ours(ids, dec) - _t5_logits(theirs, ids, dec)).abs().max() < 1e-5
+    # peft -> minipeft
+    theirs = peft.get_peft_model(transformers.T5ForConditionalGeneration.from_pretrained(t5_base),
+                                 peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4))
+    with torch.no_grad():
+        for p in theirs.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    theirs.eval().save_pretrained(tmp_path / "theirs")
+    loaded = load_peft(T5.from_pretrained(t5_base), tmp_path / "theirs")
+    with torch.no_grad():
+        assert (loaded(ids, dec) - _t5_logits(theirs, ids, dec)).abs().max() < 1e-5
