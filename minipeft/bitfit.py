@@ -38,9 +38,10 @@ def resolve_terms(terms):
 class BitFit(Adapter):
     method = "bitfit"
 
-    def __init__(self, model, terms="all", slots=None):
+    def __init__(self, model, terms="all", slots=None, n_classes=None):
         """terms: 'all', 'paper' (query + mlp_in) or a list of roles; slots: explicit slot names
-        instead (e.g. a random subset for an ablation)."""
+        instead (e.g. a random subset for an ablation); n_classes: add a trainable task head
+        (Linear(d_model, n_classes) on the last real token, or T5's first decoder position)."""
         super().__init__(model)
         all_slots = {name: module.parts[role] for name, module, _, role in bias_slots(model)}
         roles = {name: role for name, _, _, role in bias_slots(model)}
@@ -55,18 +56,36 @@ class BitFit(Adapter):
         self.slots = list(slots)
         # nn.ParameterDict keys cannot contain dots: index by position, names kept in self.slots
         self.deltas = nn.ParameterList(nn.Parameter(torch.zeros(all_slots[s], device=_device(model))) for s in self.slots)
+        d_model = model.input_embeddings().weight.shape[1]
+        self.head = None if n_classes is None else nn.Linear(d_model, n_classes).to(_device(model))
 
     def settings(self):
-        return {"slots": self.slots}
+        return {"slots": self.slots, "n_classes": None if self.head is None else self.head.out_features}
 
     def hooks(self, batch_size):
         return {"bias_delta": dict(zip(self.slots, self.deltas))}
 
     def adapter_state(self):
-        return dict(zip(self.slots, self.deltas))
+        state = dict(zip(self.slots, self.deltas))
+        if self.head is not None:
+            state.update({"head.weight": self.head.weight, "head.bias": self.head.bias})
+        return state
 
     def load_adapter_state(self, tensors, path):
-        self._load_named(tensors, dict(zip(self.slots, self.deltas)), path)
+        self._load_named(tensors, self.adapter_state(), path)
+
+    def classify(self, input_ids, attention_mask=None):
+        """Task-head logits [B, n_classes]: GPT-2 reads the last real token, T5 the first decoder step."""
+        if self.head is None:
+            raise MiniPeftError("this BitFit has no task head: create it with n_classes=")
+        B = input_ids.shape[0]
+        if self.model.arch == "t5":
+            start = torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)
+            h = self(input_ids, start, attention_mask, hidden=True)[:, 0]
+        else:
+            last = (attention_mask.sum(1) - 1) if attention_mask is not None else torch.full((B,), input_ids.shape[1] - 1)
+            h = self(input_ids, attention_mask, hidden=True)[torch.arange(B), last]
+        return self.head(h)
 
     def merged(self):
         """A plain copy of the model with the trained biases written in (absent slots enabled)."""

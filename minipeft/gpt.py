@@ -168,7 +168,7 @@ class GPT(nn.Module):
     # ---- forward -----------------------------------------------------------------------------
 
     def forward(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None,
-                prefix_mask=None, prefix_start=None, prompt_mask=None, labels=None, cache=None):
+                prefix_mask=None, prefix_start=None, prompt_mask=None, labels=None, cache=None, hidden=False):
         """Logits [B, T, vocab] aligned with input_ids; with labels also the mean next-token loss.
 
         input_ids [B, T]; attention_mask [B, T] (1 = real token, 0 = padding); labels [B, T] with
@@ -176,14 +176,17 @@ class GPT(nn.Module):
         Hooks: prefix, prompt (see the module docstring); bias_delta {slot name: [width] or
         [B, width]} added to bias slots for this call; prefix_mask / prompt_mask [B or 1, P] for rows
         that use fewer slots (many tasks in one batch); prefix_start [B] places the prefix before
-        that token index instead of in front (an infix: [x; INFIX; y]).
+        that token index instead of in front (an infix: [x; INFIX; y]). hidden=True returns the final
+        hidden states [B, T, n_embd] instead of logits (for a task head).
         """
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, labels)
+        if hidden and labels is not None:
+            raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
         self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
         with bias_deltas(self, bias_delta):
-            return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache)
+            return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache, hidden)
 
-    def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache):
+    def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache, hidden):
         B, T = input_ids.shape
         x = self.wte(input_ids)                                             # [B, T, C]
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -225,6 +228,8 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(valid)
         x = self.ln_f(x[:, n_prompt:])                                      # drop the prompt slots
+        if hidden:
+            return x
         logits = F.linear(x, self.wte.weight)                               # tied head
         if labels is None:
             return logits

@@ -344,7 +344,7 @@ class T5(nn.Module):
 
     def forward(self, input_ids=None, decoder_input_ids=None, attention_mask=None, *, decoder_attention_mask=None,
                 prefix=None, prompt=None, bias_delta=None, prefix_mask=None, prompt_mask=None, labels=None,
-                encoder_out=None, cache=None):
+                encoder_out=None, cache=None, hidden=False):
         """Logits [B, T_dec, vocab] aligned with decoder_input_ids; with labels also the mean loss.
 
         input_ids [B, T] and attention_mask [B, T] (1 = real, 0 = padding) feed the encoder, or give
@@ -354,17 +354,20 @@ class T5(nn.Module):
         cross-attention keys/values are recomputed per call; generate() computes them once).
         Hooks: prefix, prompt, bias_delta (see the module docstring); prefix_mask {site: [B or 1, P]}
         and prompt_mask [B or 1, P] for rows that use fewer slots (many tasks in one batch).
+        hidden=True returns the decoder's final hidden states [B, T_dec, d_model] instead of logits.
         """
         decoder_input_ids = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoder_input_ids,
                                                decoder_attention_mask, labels, encoder_out)
         prefix, prefix_mask = prefix or {}, self._check_hook_masks(prefix, prefix_mask, prompt, prompt_mask)
+        if hidden and labels is not None:
+            raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
         with bias_deltas(self, bias_delta):
             if encoder_out is None:
                 encoder_out = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
                                            prefix_mask.get("encoder"), prompt_mask)
-            hidden, enc_valid = encoder_out
-            logits = self._decode(decoder_input_ids, decoder_attention_mask, enc_valid, self._cross_kv(hidden), prefix,
-                                  cache, prefix_mask)
+            enc_valid = encoder_out[1]
+            logits = self._decode(decoder_input_ids, decoder_attention_mask, enc_valid, self._cross_kv(encoder_out[0]), prefix,
+                                  cache, prefix_mask, hidden)
         if labels is None:
             return logits
         return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
@@ -399,7 +402,7 @@ class T5(nn.Module):
         """Keys/values of the encoder output for every decoder layer's cross-attention."""
         return [block.cross.kv(hidden) for block in self.decoder.blocks]
 
-    def _decode(self, ids, attention_mask, enc_valid, cross_kv, prefix, cache, prefix_mask=None):
+    def _decode(self, ids, attention_mask, enc_valid, cross_kv, prefix, cache, prefix_mask=None, hidden=False):
         B = ids.shape[0]
         prefix_mask = prefix_mask or {}
         x = self.shared(ids)                                                # [B, T, d]
@@ -416,6 +419,8 @@ class T5(nn.Module):
                          cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, cross_prefix=cross_prefix)
         if cache is not None:
             cache.advance(valid)
+        if hidden:
+            return h
         if self.lm_head is not None:
             return self.lm_head(h)                                          # v1.1 / FLAN: no rescaling
         return F.linear(h * self.config.d_model ** -0.5, self.shared.weight)  # tied: rescale first

@@ -108,3 +108,29 @@ def test_bad_terms():
 def test_every_slot_has_a_role():
     roles = {role for _, _, _, role in bias_slots(tiny_gpt())}
     assert roles == {"query", "key", "value", "attn_out", "mlp_in", "mlp_out", "norm"}
+
+
+def test_task_head_trains_with_the_biases_and_round_trips(tmp_path):
+    model = tiny_gpt()
+    adapter = BitFit(model, "paper", n_classes=3)
+    ids = toy_batch(61, batch=6)
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    from minipeft.train import make_optimizer
+    opt = make_optimizer(adapter, 5e-2)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(adapter.classify(ids, mask), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+    with torch.no_grad():  # the head reads the last real token's final hidden state
+        h = model(ids[1:2, :12], hidden=True, bias_delta=adapter.hooks(1)["bias_delta"])[0, -1]
+        assert (adapter.classify(ids, mask)[1] - adapter.head(h)).abs().max() < 1e-5
+    adapter.save(tmp_path / "h.safetensors")
+    again = BitFit.load(model, tmp_path / "h.safetensors")
+    assert torch.equal(again.classify(ids, mask), adapter.classify(ids, mask))
+    assert sum(p.numel() for p in adapter.trainable_parameters()) == 2 * (32 + 128) + 32 * 3 + 3
