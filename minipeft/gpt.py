@@ -188,31 +188,34 @@ class GPT(nn.Module):
 
     def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache, hidden):
         B, T = input_ids.shape
-        x = self.wte(input_ids)                                             # [B, T, C]
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         n_prompt = 0 if prompt is None else prompt.shape[1]
         if n_prompt:
-            x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)             # [B, P + T, C]
             slots = valid.new_ones(B, n_prompt) if prompt_mask is None else prompt_mask.bool().expand(B, -1)
-            valid = torch.cat([slots, valid], dim=1)
-        key_valid = valid if cache is None else cache.append_mask(valid)    # [B, S] every key so far
-        n_query, S = x.shape[1], key_valid.shape[1]
+            valid = torch.cat([slots, valid], dim=1)                        # [B, P + T]
+        n_query = valid.shape[1]
+        S = n_query + (0 if cache is None else cache.length)               # keys: cached + these
 
         # positions count real tokens (and prompt slots); tokens after a prefix/infix move up by its size
         seen = 0 if cache is None else cache.seen[:, None]
-        positions = (valid.cumsum(1) - 1).clamp(min=0) + seen               # [B, T']
+        positions = (valid.cumsum(1) - 1).clamp(min=0) + seen               # [B, P + T]
         n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
         prefix_valid = None
         if n_prefix:
-            prefix_valid = torch.ones(1, n_prefix, dtype=torch.bool, device=x.device) if prefix_mask is None else prefix_mask.bool()
+            prefix_valid = torch.ones(1, n_prefix, dtype=torch.bool, device=valid.device) if prefix_mask is None else prefix_mask.bool()
             shift = prefix_valid.sum(-1, keepdim=True)                      # [B or 1, 1]
             if prefix_start is not None:
-                index = torch.arange(S - n_query, S, device=x.device)
+                index = torch.arange(S - n_query, S, device=valid.device)
                 shift = shift * (index[None] >= prefix_start[:, None])
             positions = positions + shift
-        if int(positions.max()) >= self.config.n_positions:
+        if int(positions.max()) >= self.config.n_positions:                 # checked before any computation
             raise MiniPeftError(f"sequence needs position {int(positions.max())} but the context is "
                                 f"{self.config.n_positions} (prefix {n_prefix} + prompt {n_prompt} + tokens)")
+        key_valid = valid if cache is None else cache.append_mask(valid)    # [B, S] every key so far
+
+        x = self.wte(input_ids)                                             # [B, T, C]
+        if n_prompt:
+            x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)             # [B, P + T, C]
         x = self.drop(x + self.wpe(positions))
 
         # one mask for all layers; SDPA's own causal path when nothing needs a mask

@@ -311,3 +311,12 @@ def test_bad_hook_inputs_are_refused_before_computing():
         model(ids, bias_delta={"h.0.attn.c_attn.weight": torch.zeros(96)})
     with pytest.raises(MiniPeftError, match="prefix_mask must have shape"):
         model(ids, prefix=[(torch.zeros(1, 4, 2, 8),) * 2] * 3, prefix_mask=torch.ones(2, 3))
+
+
+def test_too_long_for_the_context_counts_prefix_and_prompt():
+    model = _tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (1, 45))
+    prefix = [(torch.zeros(1, 4, 2, 8), torch.zeros(1, 4, 2, 8))] * 3
+    model(ids)  # 45 tokens fit in 48
+    with pytest.raises(MiniPeftError, match="needs position 48 but the context is 48 \\(prefix 2 \\+ prompt 2"):
+        model(ids, prefix=prefix, prompt=torch.zeros(1, 2, 32))
