@@ -122,7 +122,7 @@ class PromptTuning(Adapter):
         return per_prompt, (votes + probs.mean(0) * 1e-3).argmax(-1)
 
 
-def class_scores(model, input_ids, attention_mask, label_token_ids):
+def class_scores(model, input_ids, attention_mask, label_token_ids, **forward_kwargs):
     """Scores [B, C] of each class's first label token at the next position.
 
     GPT: the logits after the last real token (right padding). T5: the first decoder step.
@@ -132,9 +132,9 @@ def class_scores(model, input_ids, attention_mask, label_token_ids):
     labels = torch.as_tensor([ids[0] for ids in label_token_ids], device=input_ids.device)
     if base.arch == "t5":
         start = torch.zeros(input_ids.shape[0], 1, dtype=torch.long, device=input_ids.device)
-        logits = model(input_ids, start, attention_mask)[:, 0]
+        logits = model(input_ids, start, attention_mask, **forward_kwargs)[:, 0]
     else:
-        logits = model(input_ids, attention_mask)                        # [B', T, V]
+        logits = model(input_ids, attention_mask, **forward_kwargs)      # [B', T, V]
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         last = mask.sum(1) - 1
         last = last.repeat(logits.shape[0] // len(last))                  # ensembles repeat the batch

@@ -1,0 +1,266 @@
+"""train_gpt2.py end to end on a random tiny GPT-2 (--init tiny) and a Hugging Face-layout checkpoint.
+
+The command-line runs (each method, a checkpoint written by transformers, a malformed file) start
+together as subprocesses (module fixture `cli`) and are checked by the tests that need them; the
+resume, Ctrl-C, NaN and bad-argument checks call main() in this process, which is much faster.
+"""
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minipeft import GPT, BitFit, PrefixTuning, PromptTuning, safetensors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "train_gpt2.py")
+FAST = ["--steps", "3", "--batch-size", "2", "--max-length", "24", "--n-examples", "20", "--eval-examples", "2",
+        "--samples", "1", "--sample-tokens", "4", "--hidden", "16", "--n-prefix", "3", "--n-prompt", "3"]
+TINY = ["--init", "tiny", *FAST]
+METHODS = {"bitfit": BitFit, "prefix": PrefixTuning, "prompt": PromptTuning, "full": None}
+ROWS = [{"prompt": f"Q: what is {a} plus {b}?", "completion": f" A: {a + b}."} for a in range(5) for b in range(4)]
+
+spec = importlib.util.spec_from_file_location("train_gpt2", SCRIPT)
+train_gpt2 = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_gpt2)
+
+
+class Run:
+    """A subprocess of the script, started now, its result collected when first asked for."""
+
+    def __init__(self, *args):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._result = None
+
+    def result(self):
+        if self._result is None:
+            out, err = self.proc.communicate(timeout=300)
+            self._result = subprocess.CompletedProcess(self.proc.args, self.proc.returncode, out, err)
+        return self._result
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run much faster on one thread (and the subprocesses share the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def main(*argv):
+    """train_gpt2.main(argv): the exit status (0 when it returns)."""
+    try:
+        train_gpt2.main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def write_hf_gpt2(folder):
+    """A tiny GPT-2 saved by transformers itself (the test oracle), GPT-2's vocabulary size."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=50257, n_positions=64, n_embd=64, n_layer=1, n_head=1)  # n_head = n_embd // 64: a bare file loads too
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """Every subprocess run, started at once (two cores do them two at a time)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    runs = {m: Run(*TINY, "--method", m, "--out", str(tmp / m)) for m in METHODS}
+    data = write_jsonl(tmp / "sums.jsonl", ROWS)
+    (tmp / "bad.jsonl").write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "a", "completion": \n')
+    runs["bad-jsonl"] = Run(*TINY, "--data", str(tmp / "bad.jsonl"), "--out", str(tmp / "x"))
+    hf = write_hf_gpt2(tmp / "hf-gpt2")
+    runs["hf"] = Run("--model", hf, "--method", "bitfit", "--data", data, *FAST, "--out", str(tmp / "hf-run"))
+    yield tmp, runs
+    for run in runs.values():  # a failed test may leave some running
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.communicate()
+
+
+def eval_after(stdout):
+    return float(re.search(r"eval loss after: ([\d.]+)", stdout).group(1))
+
+
+def parse(argv):
+    parser = train_gpt2.build_parser()
+    return train_gpt2.check_args(parser, parser.parse_args(argv))
+
+
+def held_out_loss(module, argv):
+    """The script's own held-out loss for `module`, with the data and settings of argv."""
+    args = parse(argv)
+    train_gpt2.set_max_length(args, module.model if hasattr(module, "model") else module)
+    _, val_set = train_gpt2.build_data(train_gpt2.gpt2_tokenizer(), args)
+    return train_gpt2.evaluate(module, val_set, args)
+
+
+# ---- each method, end to end ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_method_runs_end_to_end_and_its_result_loads_back(cli, method):
+    tmp, runs = cli
+    r = runs[method].result()
+    assert r.returncode == 0, r.stderr
+    for line in ("eval loss before:", "sample before:", "eval loss after:", "sample after:", "saved "):
+        assert line in r.stdout, (line, r.stdout)
+    assert "Traceback" not in r.stderr and "train " + method in r.stderr  # the progress bar
+    out = tmp / method
+    assert torch.load(out / "state.pt", weights_only=True)["step"] == 3
+    if METHODS[method] is None:  # full fine-tuning: a whole model in the Hugging Face layout
+        module = GPT.from_pretrained(out / "model")
+    else:  # an adapter, loaded onto the random base model the run saved beside it
+        module = METHODS[method].load(GPT.from_pretrained(out / "base"), out / "adapter.safetensors")
+    # the saved result is the trained one: it reproduces the loss the run reported
+    assert held_out_loss(module, TINY + ["--method", method]) == pytest.approx(eval_after(r.stdout), abs=1e-4)
+
+
+def test_hugging_face_checkpoint_and_jsonl(cli):
+    tmp, runs = cli
+    r = runs["hf"].result()
+    assert r.returncode == 0, r.stderr
+    assert "18 training / 2 held-out examples" in r.stdout and "Q: what is" in r.stdout
+    adapter = BitFit.load(GPT.from_pretrained(tmp / "hf-gpt2"), tmp / "hf-run" / "adapter.safetensors")
+    argv = ["--model", str(tmp / "hf-gpt2"), "--method", "bitfit", "--data", str(tmp / "sums.jsonl"), *FAST]
+    assert held_out_loss(adapter, argv) == pytest.approx(eval_after(r.stdout), abs=1e-4)
+
+
+def test_a_bare_safetensors_file_as_model(cli, capsys):
+    tmp, _ = cli
+    weights = tmp / "hf-gpt2" / "model.safetensors"
+    assert main("--model", weights, "--method", "prompt", "--data", tmp / "sums.jsonl", *FAST, "--out", tmp / "file-run") == 0
+    assert "eval loss after:" in capsys.readouterr().out
+    assert PromptTuning.load(GPT.from_pretrained(weights), tmp / "file-run" / "adapter.safetensors")
+
+
+def test_malformed_jsonl_gives_one_clear_line_without_traceback(cli):
+    r = cli[1]["bad-jsonl"].result()
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "bad.jsonl:2: not valid JSON" in errors[0], r.stderr
+
+
+# ---- resume, Ctrl-C, NaN, bad arguments: main() in this process ----------------------------------
+
+def state_tensors(out):
+    return torch.load(os.path.join(out, "state.pt"), weights_only=True)["module"]
+
+
+def assert_same_run(a, b):
+    sa, sb = state_tensors(a), state_tensors(b)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    fa, fb = (safetensors.load(os.path.join(o, "adapter.safetensors"))[0] for o in (a, b))
+    assert fa.keys() == fb.keys() and all(torch.equal(fa[k], fb[k]) for k in fa)
+
+
+@pytest.mark.parametrize("method", ["prefix", "bitfit"])
+def test_resume_equals_a_straight_run(tmp_path, capsys, method):
+    common = [*TINY, "--method", method, "--steps", "4", "--save-every", "3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(*common, "--out", straight) == 0
+    assert main(*common, "--out", resumed, "--stop-at", "2") == 0
+    assert torch.load(resumed / "state.pt", weights_only=True)["step"] == 2
+    assert not (resumed / "adapter.safetensors").exists()
+    assert "continue with --resume" in capsys.readouterr().out
+    assert main(*common, "--out", resumed, "--resume") == 0
+    assert torch.load(resumed / "state.pt", weights_only=True)["step"] == 4
+    assert_same_run(straight, resumed)
+
+
+def test_ctrl_c_saves_a_resumable_state(tmp_path, capsys, monkeypatch):
+    common = [*TINY, "--method", "prompt", "--steps", "4", "--save-every", "100"]
+    assert main(*common, "--out", tmp_path / "straight") == 0
+
+    batch_at = train_gpt2.batch_at
+
+    def press_ctrl_c_at_step_2(train_set, step, args):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal, handled by the script's own handler
+        return batch_at(train_set, step, args)
+
+    monkeypatch.setattr(train_gpt2, "batch_at", press_ctrl_c_at_step_2)
+    assert main(*common, "--out", tmp_path / "resumed") == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "state.pt holds step 2; continue with the same arguments plus --resume" in err
+    assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["step"] == 2
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
+
+    assert main(*common, "--out", tmp_path / "resumed", "--resume") == 0
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, capsys):
+    common = [*TINY, "--method", "bitfit", "--lr", "1e30", "--out", tmp_path]  # one step sends the biases to 1e30
+    assert main(*common, "--steps", "1") == 0
+    good = (tmp_path / "state.pt").read_bytes()
+    capsys.readouterr()
+    assert main(*common, "--steps", "4", "--resume") == 2  # the next step's loss is NaN
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(r"error: non-finite loss \(nan\) at step 2; stopped without saving", err)
+    assert (tmp_path / "state.pt").read_bytes() == good
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "missing.jsonl"], "missing.jsonl: no such file"),
+    (["--steps", "0"], "--steps must be a positive integer"),
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--max-length", "1000"], "exceeds the model's context of 64"),
+    (["--method", "bitfit", "--terms", "query,bogus"], "unknown BitFit term"),
+    (["--resume"], "no state.pt"),
+    (["--no-truncate", "--max-length", "8"], "longer than max_length 8"),
+    (["--device", "nonsense"], "not a torch device"),
+    (["--stop-at", "9"], "--stop-at must be between 1 and --steps"),
+])
+def test_bad_arguments(tmp_path, capsys, argv, message):
+    assert main(*TINY, "--out", tmp_path / "out", *argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "out" / "state.pt").exists()
+
+
+def test_without_a_model_it_says_what_to_pass(tmp_path, capsys):
+    assert main(*FAST, "--out", tmp_path / "out") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "pass --model" in errors[0] and "--init tiny" in errors[0]
+    assert "huggingface-cli download gpt2 config.json model.safetensors --local-dir gpt2" in errors[0]
+
+
+def test_model_argument_errors(tmp_path, capsys):
+    assert main(*FAST, "--model", tmp_path / "nowhere") == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    assert main(*FAST, "--model", tmp_path / "broken", "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "config.json" in err
+
+
+def test_help_explains_every_flag():
+    parser = train_gpt2.build_parser()
+    assert all(a.help for a in parser._actions)
+    text = parser.format_help()
+    for flag in ("--model", "--init", "--method", "--terms", "--n-prefix", "--no-reparam", "--hidden", "--n-prompt",
+                 "--prompt-init", "--data", "--max-length", "--no-truncate", "--steps", "--batch-size", "--lr", "--device",
+                 "--seed", "--out", "--resume", "--save-every"):
+        assert flag in text

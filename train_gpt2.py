@@ -1,0 +1,406 @@
+"""Fine-tune GPT-2 with BitFit, Prefix Tuning, Prompt Tuning or full fine-tuning, nanoGPT style.
+
+    python train_gpt2.py --model gpt2 --method prefix                  # built-in table-to-text data
+    python train_gpt2.py --model gpt2 --method bitfit --data my.jsonl   # {"prompt": ..., "completion": ...}
+    python train_gpt2.py --model gpt2 --method prompt --data book.txt   # plain language modelling
+    python train_gpt2.py --model gpt2 --method prefix --resume          # continue the run in --out
+    python train_gpt2.py --init tiny --method bitfit --steps 20         # a random tiny GPT-2 (no download)
+
+--model is a folder in the Hugging Face layout (config.json + model.safetensors or
+pytorch_model.bin, as `huggingface-cli download gpt2 config.json model.safetensors --local-dir gpt2`
+writes it) or one .safetensors file; minipeft reads it itself. The tokenizer is the folder's
+vocab.json + merges.txt when it has them, else GPT-2's own, shipped with minipeft.
+
+Data: see minipeft/textdata.py (.txt: loss on every token; .jsonl: loss on the completion only;
+<|endoftext|> in the text is plain text; long examples are truncated, or refused with
+--no-truncate). 10% of the examples (a fixed shuffle) are held out: their loss is reported
+before and after training, with greedy samples for a few of their prompts.
+
+Written to --out: adapter.safetensors (or model/ for --method full; base/ too for --init tiny,
+so the adapter can be loaded back onto the same random model) and state.pt, every --save-every
+steps and at the end, for --resume. Each step's batch depends only on (--seed, step), so a run
+that is stopped and resumed ends with the same weights as one that ran straight through.
+Ctrl-C finishes the current step, saves state.pt and exits; a second Ctrl-C stops at once.
+A non-finite loss or gradient stops the run with state.pt left at the last good save.
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+import torch
+from tqdm import tqdm
+
+from minipeft import GPT, BitFit, GPTConfig, MiniPeftError, PrefixTuning, PromptTuning
+from minipeft.adapter import Adapter, fingerprint
+from minipeft.bitfit import TERMS
+from minipeft.textdata import collate, load_examples, pair_examples, split
+from minipeft.tasks import e2e
+from minipeft.tokenizer import gpt2_tokenizer
+from minipeft.train import load_training_state, make_optimizer, save_training_state
+
+STATE_FILE = "state.pt"
+ADAPTER_FILE = "adapter.safetensors"
+MODEL_DIR = "model"    # --method full: the fine-tuned model
+BASE_DIR = "base"      # --init tiny: the random base model the adapter belongs to
+DEFAULT_LR = {"full": 5e-5, "bitfit": 1e-3, "prefix": 5e-4, "prompt": 0.3}  # prompt: as in the paper
+VAL_FRACTION = 0.1
+SPLIT_SEED = 0         # the held-out split does not move with --seed, so runs stay comparable
+GET_MODEL = ("pass --model with a GPT-2 folder (config.json + model.safetensors) or a .safetensors file; "
+             "get it once on a machine with internet: huggingface-cli download gpt2 config.json model.safetensors "
+             "--local-dir gpt2 (or pass --init tiny for a random tiny GPT-2)")
+
+
+# ---- arguments --------------------------------------------------------------------------------------
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Fine-tune GPT-2 with BitFit, Prefix Tuning, Prompt Tuning or full fine-tuning.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", help="GPT-2 weights: a Hugging Face-layout folder or a .safetensors file")
+    p.add_argument("--init", choices=["tiny"], help="instead of --model: a random tiny GPT-2 (2 layers, 32 wide; for tests)")
+    p.add_argument("--method", choices=["bitfit", "prefix", "prompt", "full"], default="prefix", help="what to train")
+    g = p.add_argument_group("method options")
+    g.add_argument("--terms", default="all", help=f"bitfit: 'all', 'paper' (query,mlp_in) or a comma list of {','.join(TERMS)}")
+    g.add_argument("--n-prefix", type=int, default=10, help="prefix: virtual tokens per layer")
+    g.add_argument("--no-reparam", action="store_true", help="prefix: train the prefix directly, without the MLP")
+    g.add_argument("--hidden", type=int, default=512, help="prefix: hidden width of the reparameterisation MLP")
+    g.add_argument("--n-prompt", type=int, default=20, help="prompt: soft-prompt length")
+    g.add_argument("--prompt-init", choices=["random", "vocab", "text"], default="vocab", help="prompt: initialisation")
+    g.add_argument("--init-text", default="Describe the restaurant in one sentence:",
+                   help="prompt: the text whose embeddings start the prompt (--prompt-init text)")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", help=".txt (plain text) or .jsonl ({\"prompt\", \"completion\"} per line); "
+                                  "default: built-in table-to-text examples")
+    d.add_argument("--n-examples", type=int, default=2000, help="built-in examples to generate (without --data)")
+    d.add_argument("--max-length", type=int, default=None,
+                   help="tokens per example (or per .txt chunk); default 256, less if the context is smaller")
+    d.add_argument("--no-truncate", action="store_true", help="refuse examples longer than --max-length instead of truncating them")
+    t = p.add_argument_group("training")
+    t.add_argument("--steps", type=int, default=300, help="optimizer steps")
+    t.add_argument("--batch-size", type=int, default=8, help="examples per step")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default by method: " +
+                   ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "); linear warmup, then linear decay to 0")
+    t.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of --steps)")
+    t.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    t.add_argument("--seed", type=int, default=1337, help="seed for the adapter's init and the batch order")
+    t.add_argument("--out", default="runs/gpt2", help="folder for the adapter/model and state.pt")
+    t.add_argument("--save-every", type=int, default=100, help="write state.pt every N steps (and at the end)")
+    t.add_argument("--resume", action="store_true", help="continue from --out/state.pt up to --steps")
+    t.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="end this run after STEP steps with state.pt, as if interrupted; --resume continues")
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--eval-examples", type=int, default=200, help="held-out examples for the loss before/after (at most)")
+    e.add_argument("--samples", type=int, default=3, help="held-out prompts to continue greedily before/after (0: none)")
+    e.add_argument("--sample-tokens", type=int, default=40, help="new tokens per sample")
+    return p
+
+
+def check_args(parser, args):
+    """Refuse bad arguments with one clear line (argparse exits with status 2)."""
+    if args.model is None and args.init is None:
+        parser.error(f"no model: {GET_MODEL}")
+    if args.model is not None and args.init is not None:
+        parser.error("give --model or --init tiny, not both")
+    if args.model is not None and not os.path.exists(args.model):
+        parser.error(f"--model {args.model}: no such file or folder; {GET_MODEL}")
+    for name in ("steps", "batch_size", "save_every", "eval_examples", "n_prefix", "hidden", "n_prompt", "n_examples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    for name in ("samples", "sample_tokens"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.max_length is not None and args.max_length < 2:
+        parser.error(f"--max-length must be at least 2 (one token to read, one to predict), got {args.max_length}")
+    if args.lr is not None and not 0 < args.lr < float("inf"):
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    if args.warmup is not None and args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
+        parser.error(f"--stop-at must be between 1 and --steps ({args.steps}), got {args.stop_at}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
+    if args.data is not None and not os.path.isfile(args.data):
+        parser.error(f"--data {args.data}: no such file")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a file; give a folder")
+    if args.resume and not os.path.isfile(os.path.join(args.out, STATE_FILE)):
+        parser.error(f"--resume: no {STATE_FILE} in {args.out}")
+    check_device(parser, args.device)
+    args.lr = args.lr or DEFAULT_LR[args.method]
+    args.warmup = args.steps // 20 if args.warmup is None else args.warmup
+    return args
+
+
+def check_device(parser, name):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device {name!r} is not a torch device (try cpu or cuda)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine; use --device cpu")
+    try:
+        torch.empty(1, device=device)
+    except Exception as e:  # e.g. cuda:3 on a machine with one GPU
+        parser.error(f"--device {name}: cannot use it ({str(e).splitlines()[0]})")
+
+
+# ---- model, method, data ----------------------------------------------------------------------------
+
+def load_model(args):
+    """(model, tokenizer): the GPT-2 of --model (or a random tiny one) and its tokenizer."""
+    if args.init == "tiny":
+        torch.manual_seed(args.seed)  # the same random base on every run with this seed (and on --resume)
+        model, tokenizer = GPT(GPTConfig.named("tiny", vocab_size=50257)), gpt2_tokenizer()
+    else:
+        model, tokenizer = GPT.from_pretrained(args.model), gpt2_tokenizer(bpe_folder(args.model))
+    if tokenizer.n_vocab > model.config.vocab_size:
+        raise MiniPeftError(f"the tokenizer has {tokenizer.n_vocab} tokens but the model only {model.config.vocab_size}: "
+                            "this is not a GPT-2 vocabulary")
+    return model.to(args.device), tokenizer
+
+
+def bpe_folder(path):
+    """The model's folder if it has its own BPE files (vocab.json + merges.txt, or OpenAI's
+    encoder.json + vocab.bpe), else None: GPT-2's tokenizer shipped with minipeft."""
+    for files in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
+        if os.path.isdir(path) and all(os.path.isfile(os.path.join(path, f)) for f in files):
+            return path
+    return None
+
+
+def n_virtual(args):
+    """Positions the method puts before the tokens (prefix slots shift positions; prompt slots take them)."""
+    return {"prefix": args.n_prefix, "prompt": args.n_prompt}.get(args.method, 0)
+
+
+def set_max_length(args, model):
+    room = model.config.n_positions - n_virtual(args)
+    if room < 2:
+        raise MiniPeftError(f"--n-prefix/--n-prompt {n_virtual(args)} leaves no room in the model's context of {model.config.n_positions}")
+    if args.max_length is None:
+        args.max_length = min(256, room)
+    elif args.max_length > room:
+        raise MiniPeftError(f"--max-length {args.max_length} plus {n_virtual(args)} virtual tokens exceeds the model's "
+                            f"context of {model.config.n_positions}; use --max-length {room} or less")
+
+
+def build_method(model, tokenizer, args):
+    """The module to train: an adapter around the frozen model, or the model itself (full)."""
+    torch.manual_seed(args.seed)
+    if args.method == "full":
+        return model
+    if args.method == "bitfit":
+        terms = args.terms if args.terms in ("all", "paper") else [t.strip() for t in args.terms.split(",") if t.strip()]
+        return BitFit(model, terms)
+    if args.method == "prefix":
+        return PrefixTuning(model, args.n_prefix, reparam=not args.no_reparam, hidden=args.hidden)
+    text_ids = tokenizer.encode_ordinary(args.init_text) if args.prompt_init == "text" else None
+    if args.prompt_init == "text" and not text_ids:
+        raise MiniPeftError("--init-text is empty; --prompt-init text needs some text")
+    return PromptTuning(model, args.n_prompt, args.prompt_init, text_ids=text_ids, seed=args.seed)
+
+
+def build_data(tokenizer, args):
+    """(train, held-out) examples from --data or the built-in table-to-text task."""
+    warn = lambda message: tqdm.write(f"warning: {message}", file=sys.stderr)  # noqa: E731
+    if args.data:
+        examples = load_examples(args.data, tokenizer, args.max_length, truncate=not args.no_truncate, warn=warn)
+    else:
+        pairs = [(source + " =>", " " + target) for source, target in e2e(args.n_examples, seed=SPLIT_SEED)]
+        examples = pair_examples(tokenizer, pairs, args.max_length, truncate=not args.no_truncate, warn=warn, source="built-in e2e")
+    return split(examples, VAL_FRACTION, seed=SPLIT_SEED)
+
+
+def batch_at(train_set, step, args):
+    """The batch of a step: a function of (--seed, step) only, so a resumed run draws what a straight run would."""
+    g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    rows = torch.randint(len(train_set), (args.batch_size,), generator=g).tolist()
+    return collate([train_set[i] for i in rows])
+
+
+def lr_at(step, args):
+    """Linear warmup to --lr over --warmup steps, then linear decay to 0 at --steps."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    return args.lr * max(0.0, (args.steps - step) / max(1, args.steps - args.warmup))
+
+
+# ---- evaluation -------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(module, val_set, args):
+    """Mean loss per target token over the first --eval-examples held-out examples."""
+    module.eval()
+    examples = val_set[:args.eval_examples]
+    total = count = 0
+    for i in range(0, len(examples), args.batch_size):
+        ids, labels = collate(examples[i:i + args.batch_size])
+        n = int((labels[:, 1:] != -100).sum())
+        _, loss = module(ids.to(args.device), labels=labels.to(args.device))
+        total, count = total + loss.item() * n, count + n
+    module.train()
+    return total / count
+
+
+@torch.no_grad()
+def samples(module, tokenizer, val_set, args):
+    """[(prompt, greedy continuation, reference)] for the first --samples held-out examples."""
+    module.eval()
+    room = module.config.n_positions if isinstance(module, GPT) else module.model.config.n_positions
+    n_new = min(args.sample_tokens, room - n_virtual(args) - 1)
+    out = []
+    for e in val_set[:args.samples]:
+        prompt = e.prompt if e.n_prompt else e.ids[:max(1, len(e.ids) // 2)]        # .txt: the first half
+        reference = e.completion if e.n_prompt else e.ids[len(prompt):]
+        prompt = list(prompt)[-(room - n_virtual(args) - n_new):]                     # fit the context
+        ids = torch.tensor([prompt], device=args.device)
+        new = module.generate(ids, max_new_tokens=n_new, eos_token_id=tokenizer.eot_token)[0, len(prompt):].tolist()
+        out.append(tuple(tokenizer.decode([t for t in x if t != tokenizer.eot_token]) for x in (prompt, new, reference)))
+    module.train()
+    return out
+
+
+def report(module, tokenizer, val_set, args, when):
+    tqdm.write(f"eval loss {when}: {evaluate(module, val_set, args):.4f} ({min(len(val_set), args.eval_examples)} held-out examples)")
+    for prompt, new, reference in samples(module, tokenizer, val_set, args):
+        tqdm.write(f"  sample {when}: {prompt!r} -> {new!r}\n    reference: {reference!r}")
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+
+RUN_ARGS = ("method", "terms", "n_prefix", "no_reparam", "hidden", "n_prompt", "prompt_init", "data", "n_examples",
+            "max_length", "steps", "batch_size", "lr", "warmup", "seed")
+
+
+def save_state(module, optimizer, step, base, args):
+    save_training_state(os.path.join(args.out, STATE_FILE), module, optimizer, step, base=base,
+                        args={k: getattr(args, k) for k in RUN_ARGS})
+    args.saved_step = step  # for the message if the run is interrupted
+
+
+def resume(module, optimizer, base, args):
+    """Restore state.pt into module and optimizer; returns the step it had reached."""
+    path = os.path.join(args.out, STATE_FILE)
+    saved = load_training_state(path, module, optimizer)
+    if saved.get("base") != base:
+        raise MiniPeftError(f"{path} was trained on another base model than {args.model or '--init tiny'}; "
+                            "pass the same --model (and --seed for --init tiny)")
+    changed = [f"--{k.replace('_', '-')}" for k in RUN_ARGS if saved.get("args", {}).get(k) != getattr(args, k)]
+    if changed:
+        tqdm.write(f"note: {', '.join(changed)} differ from the saved run's; the result will differ from a straight run")
+    return saved["step"]
+
+
+def save_result(module, args):
+    """The trained adapter (or model) in --out; with --init tiny also the random base it belongs to."""
+    if isinstance(module, Adapter):
+        module.save(os.path.join(args.out, ADAPTER_FILE))
+        if args.init == "tiny":
+            module.model.save_pretrained(os.path.join(args.out, BASE_DIR))
+        return os.path.join(args.out, ADAPTER_FILE)
+    module.save_pretrained(os.path.join(args.out, MODEL_DIR))
+    return os.path.join(args.out, MODEL_DIR)
+
+
+# ---- training ---------------------------------------------------------------------------------------
+
+class CtrlC:
+    """While active, a first Ctrl-C asks the loop to stop after the current step (so the saved state
+    is whole); a second one interrupts at once."""
+
+    def __enter__(self):
+        self.requested = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl-C: stopping after this step (press again to stop at once, without saving)")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def train(module, optimizer, train_set, start, base, args):
+    """Steps start .. --steps (or --stop-at); returns the step reached. state.pt is written every
+    --save-every steps and at the end; never after a non-finite loss or gradient."""
+    end = args.stop_at or args.steps
+    params = [p for p in module.parameters() if p.requires_grad]
+    module.train()
+    with CtrlC() as ctrl_c:
+        bar = tqdm(range(start, end), initial=start, total=end, desc=f"train {args.method}", dynamic_ncols=True)
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, args)
+            ids, labels = (t.to(args.device) for t in batch_at(train_set, step, args))
+            _, loss = module(ids, labels=labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                bar.close()
+                what = "loss" if not torch.isfinite(loss) else "gradient"
+                raise MiniPeftError(f"non-finite {what} ({loss.item()}) at step {step + 1}; stopped without saving: "
+                                    f"{os.path.join(args.out, STATE_FILE)} keeps the last good save. Try a lower --lr "
+                                    f"(now {args.lr:g}) and --resume, or start again")
+            optimizer.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_at(step, args):.2e}")
+            done = step + 1
+            if done % args.save_every == 0 or done == end or ctrl_c.requested:
+                save_state(module, optimizer, done, base, args)
+            if ctrl_c.requested:
+                bar.close()
+                raise KeyboardInterrupt
+    bar.close()
+    return end
+
+
+def run(args):
+    model, tokenizer = load_model(args)
+    set_max_length(args, model)
+    base = fingerprint(model)
+    train_set, val_set = build_data(tokenizer, args)
+    module = build_method(model, tokenizer, args)
+    optimizer = make_optimizer(module, args.lr)
+    start = resume(module, optimizer, base, args) if args.resume else 0
+    what = module.report() if isinstance(module, Adapter) else f"trainable {model.num_parameters():,} (all)"
+    print(f"{args.method}: {what}; {len(train_set):,} training / {len(val_set):,} held-out examples, "
+          f"max length {args.max_length}, lr {args.lr:g}")
+    report(module, tokenizer, val_set, args, "before" if start == 0 else f"at step {start}")
+    if start >= (args.stop_at or args.steps):
+        print(f"{STATE_FILE} is already at step {start}; nothing to train")
+    else:
+        train(module, optimizer, train_set, start, base, args)
+    report(module, tokenizer, val_set, args, "after")
+    if (args.stop_at or args.steps) < args.steps:
+        print(f"stopped at step {args.stop_at}; continue with --resume --out {args.out}")
+    else:
+        print(f"saved {save_result(module, args)}")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = check_args(parser, parser.parse_args(argv))
+    try:
+        run(args)
+    except MiniPeftError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except OSError as e:  # e.g. the disk is full, or --out cannot be written
+        parser.exit(2, f"{parser.prog}: error: {e.filename or args.out}: {e.strerror or e}\n")
+    except KeyboardInterrupt:
+        step = getattr(args, "saved_step", None)
+        if step is None:
+            parser.exit(130, "\ninterrupted before anything was saved\n")
+        parser.exit(130, f"\ninterrupted: {os.path.join(args.out, STATE_FILE)} holds step {step}; "
+                         "continue with the same arguments plus --resume\n")
+
+
+if __name__ == "__main__":
+    main()
