@@ -89,6 +89,15 @@ def batch(pairs, codec, max_len, device="cpu"):
     return ids.to(device), mask.to(device), labels.to(device), torch.tensor(starts, device=device)
 
 
+def fit(module, max_len):
+    """max_len reduced so that a GPT-2's prompt/prefix slots plus the tokens fit in its context."""
+    base = getattr(module, "model", module)
+    if base.arch != "gpt":
+        return max_len
+    slots = module.prompt.shape[1] if isinstance(module, PromptTuning) else module.n_prefix if isinstance(module, PrefixTuning) else 0
+    return min(max_len, base.config.n_positions - slots)
+
+
 def _pad(rows, value):
     T = max(len(r) for r in rows)
     ids = torch.full((len(rows), T), value, dtype=torch.long)
@@ -127,6 +136,7 @@ def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=160, see
     if not any(p.requires_grad for p in module.parameters()):
         return curve                                             # "frozen": nothing to train
     opt = make_optimizer(module, lr)
+    max_len = fit(module, max_len)
     module.train()
     for step in range(steps):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -149,6 +159,7 @@ def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=160, see
 def evaluate(module, data, codec, *, batch_size=32, max_len=160, device="cpu"):
     """Mean completion loss over `data`."""
     module.eval()
+    max_len = fit(module, max_len)
     total, n = 0.0, 0
     for i in range(0, len(data), batch_size):
         chunk = data[i:i + batch_size]
@@ -163,6 +174,7 @@ def accuracy(module, data, codec, labels, *, batch_size=64, max_len=160, device=
     For a prompt ensemble, returns (mean single-prompt accuracy, majority-vote accuracy)."""
     from .prompt import class_scores
     module.eval()
+    max_len = fit(module, max_len)
     label_ids = [codec.encode(word) for word in labels]
     single, voted, n = 0.0, 0.0, 0
     for i in range(0, len(data), batch_size):

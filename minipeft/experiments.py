@@ -1,0 +1,199 @@
+"""The three papers' findings, reproduced at tiny scale on the character-level backbone.
+
+    python train_char.py                    # once: pretrains runs/char (a few minutes)
+    python -m minipeft.experiments          # ~30-40 minutes on 2 CPU cores; --quick for a smoke run
+
+Task: a mixture of the generated table-to-text (E2E-style) and sentiment data, so one fine-tune
+gives both a generation loss (E2E validation) and a classification accuracy (label words
+"positive"/"negative"). Each setting runs with several seeds; the report gives mean ± std.
+Writes results.md, results.json and PNG plots (with matplotlib: pip install 'minipeft[plot]').
+"""
+
+import argparse
+import json
+import os
+import random
+import statistics
+
+import torch
+
+from . import finetune as ft
+from .errors import MiniPeftError
+from .gpt import GPT
+from .layers import bias_slots
+from .tasks import SENTIMENT_LABELS, e2e, sentiment
+from .tokenizer import CharTokenizer
+
+
+def task_data(n_train, seed=0, n_val=200):
+    """(train mixture, E2E validation, sentiment validation) as (prompt, completion) pairs."""
+    train = [(s + " => ", t + "\n") for s, t in e2e(n_train, seed=100 + seed)]
+    train += [(t + " => ", label + "\n") for t, label in sentiment(n_train, seed=200 + seed)]
+    random.Random(seed).shuffle(train)
+    e2e_val = [(s + " => ", t + "\n") for s, t in e2e(n_val, seed=1)]
+    sent_val = [(t + " => ", label + "\n") for t, label in sentiment(n_val, seed=2)]
+    return train, e2e_val, sent_val
+
+
+def run(backbone, codec, method, *, seed, steps, lr, n_train=1000, n_val=300, **options):
+    """One fine-tune from the backbone; returns its measurements."""
+    torch.manual_seed(seed)
+    model = GPT.from_pretrained(os.path.join(backbone, "model"))
+    train, e2e_val, sent_val = task_data(n_train, seed, n_val)
+    if options.pop("init_words", False):  # real-word init: the task's own vocabulary
+        options["init_ids"] = codec.encode("name food area positive negative")
+    if options.get("prompt_init") == "labels":
+        options["label_ids"] = [codec.encode(w) for w in SENTIMENT_LABELS]
+    module = ft.make_method(method, model, seed=seed, **options)
+    curve = ft.finetune(module, train, codec, steps=steps, lr=lr, seed=seed)
+    acc = ft.accuracy(module, sent_val, codec, list(SENTIMENT_LABELS))
+    out = {"method": method, "seed": seed, "lr": lr, "n_train": n_train, "curve": curve,
+           "trainable": ft.trainable_count(module), "e2e_loss": ft.evaluate(module, e2e_val, codec)}
+    if isinstance(acc, tuple):
+        out["accuracy"], out["ensemble_accuracy"] = acc
+    else:
+        out["accuracy"] = acc
+    return out
+
+
+def random_slots(model, target, seed):
+    """Bias slots picked at random until they hold about `target` parameters (BitFit's control)."""
+    slots = [(name, getattr(m, attr).numel()) for name, m, attr, _ in bias_slots(model)]
+    random.Random(seed).shuffle(slots)
+    chosen, n = [], 0
+    for name, size in slots:
+        if n + size <= target * 1.1:
+            chosen.append(name)
+            n += size
+    return chosen
+
+
+def settings(quick):
+    """{experiment: [(label, method, options)]}."""
+    return {
+        "bitfit": [("full fine-tuning", "full", {}), ("frozen", "frozen", {}), ("BitFit, all biases", "bitfit", {}),
+                   ("BitFit, query + mlp_in", "bitfit", {"terms": "paper"}), ("BitFit, random subset (same size)", "bitfit", {"random": True})],
+        "bitfit_lr": [(f"BitFit lr {lr:g}", "bitfit", {"lr": lr}) for lr in (1e-3, 1e-2, 5e-2)]
+                     + [(f"full lr {lr:g}", "full", {"lr": lr}) for lr in (1e-4, 1e-3)],
+        "bitfit_size": [(f"{m} n={n}", m, {"n_train": n}) for n in ((50, 400) if quick else (25, 100, 400, 1600)) for m in ("bitfit", "full")],
+        "prefix": [("prefix, all layers", "prefix", {}), ("prefix, embedding only", "prefix", {"where": "embedding"}),
+                   ("infix, all layers", "prefix", {"where": "infix"})],
+        "prefix_reparam": [(f"prefix {'MLP' if r else 'direct'} lr {lr:g}", "prefix", {"reparam": r, "lr": lr})
+                           for r in (True, False) for lr in (3e-3, 3e-2)],
+        "prefix_init": [(f"prefix {name}, 100 examples", "prefix", {"n_train": 50, "init_words": w}) for name, w in (("random init", False), ("real-word init", True))],
+        "prompt_init": [(f"prompt init {i}", "prompt", {"prompt_init": i}) for i in ("random", "vocab", "labels")],
+        "prompt_length": [(f"prompt length {n}", "prompt", {"n_prompt": n, "prompt_init": "labels" if n >= 2 else "vocab"})
+                          for n in (1, 5, 20, 100)],
+        "prompt_ensemble": [("5 prompts, one batch", "prompt", {"n_ensemble": 5, "prompt_init": "vocab"})],
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="runs/char", help="train_char.py's output folder (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per setting (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=150, help="fine-tuning steps per run (default: %(default)s)")
+    p.add_argument("--only", default=None, help="comma-separated experiments to run (default: all)")
+    p.add_argument("--out", default="results", help="folder for results.md, results.json and plots (default: %(default)s)")
+    p.add_argument("--eval-examples", type=int, default=300, help="validation examples per task (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, 3 steps, 20 validation examples")
+    args = p.parse_args(argv)
+    try:
+        tokenizer_path = os.path.join(args.backbone, "tokenizer.json")
+        if not os.path.isfile(tokenizer_path):
+            raise MiniPeftError(f"no backbone in {args.backbone}: run `python train_char.py` first (or pass --backbone)")
+        with open(tokenizer_path, encoding="utf-8") as f:
+            codec = ft.Codec(CharTokenizer.from_json(f.read()), "gpt")
+        seeds, steps, n_val = (1, 3, 20) if args.quick else (args.seeds, args.steps, args.eval_examples)
+        chosen = settings(args.quick)
+        if args.only:
+            chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
+        results = {}
+        for name, rows in chosen.items():
+            results[name] = []
+            for label, method, options in rows:
+                options = dict(options)
+                lr = options.pop("lr", ft.LEARNING_RATES.get(method, 0.0))
+                n_train = options.pop("n_train", 1000)
+                runs = []
+                for seed in range(seeds):
+                    opts = dict(options)
+                    if opts.pop("random", False):
+                        base = GPT.from_pretrained(os.path.join(args.backbone, "model"))
+                        paper = sum(getattr(m, a).numel() for _, m, a, role in bias_slots(base) if role in ("query", "mlp_in"))
+                        opts["slots"] = random_slots(base, paper, seed)
+                    runs.append(run(args.backbone, codec, method, seed=seed, steps=steps, lr=lr, n_train=n_train, n_val=n_val, **opts))
+                results[name].append({"label": label, "runs": runs})
+                print(f"{name:16s} {label:36s} {_summary(runs)}", flush=True)
+    except MiniPeftError as e:
+        p.exit(2, f"error: {e}\n")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(report(results))
+    plot(results, args.out)
+    print(f"wrote {args.out}/results.md")
+
+
+def _stat(values):
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+
+def _summary(runs):
+    s = f"E2E loss {_stat([r['e2e_loss'] for r in runs])}  accuracy {_stat([r['accuracy'] for r in runs])}"
+    if "ensemble_accuracy" in runs[0]:
+        s += f"  ensemble {_stat([r['ensemble_accuracy'] for r in runs])}"
+    return s
+
+
+def report(results):
+    lines = []
+    for name, rows in results.items():
+        lines += [f"### {name}", "", "| setting | trainable | E2E val loss | sentiment accuracy |", "|---|---|---|---|"]
+        for row in rows:
+            runs = row["runs"]
+            acc = _stat([r["accuracy"] for r in runs])
+            if "ensemble_accuracy" in runs[0]:
+                acc += f" (single); {_stat([r['ensemble_accuracy'] for r in runs])} (majority vote)"
+            lines.append(f"| {row['label']} | {runs[0]['trainable']:,} | {_stat([r['e2e_loss'] for r in runs])} | {acc} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results, out):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install 'minipeft[plot]')")
+        return
+    if "bitfit" in results:  # loss curves per method
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for row in results["bitfit"]:
+            curve = row["runs"][0]["curve"]
+            if curve:
+                ax.plot([s for s, _ in curve], [v for _, v in curve], label=row["label"])
+        ax.set(xlabel="step", ylabel="training loss", title="Loss curves (seed 0)")
+        ax.legend(fontsize=7)
+        fig.savefig(os.path.join(out, "loss_curves.png"), dpi=120, bbox_inches="tight")
+    if "prompt_length" in results:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        xs = [row["runs"][0]["trainable"] // 128 for row in results["prompt_length"]]
+        ys = [statistics.mean(r["accuracy"] for r in row["runs"]) for row in results["prompt_length"]]
+        ax.plot(xs, ys, "o-")
+        ax.set(xscale="log", xlabel="prompt length", ylabel="sentiment accuracy", title="Prompt tuning: accuracy vs length")
+        fig.savefig(os.path.join(out, "prompt_length.png"), dpi=120, bbox_inches="tight")
+    if "bitfit_size" in results:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method in ("bitfit", "full"):
+            rows = [r for r in results["bitfit_size"] if r["runs"][0]["method"] == method]
+            ax.plot([r["runs"][0]["n_train"] for r in rows], [statistics.mean(x["accuracy"] for x in r["runs"]) for r in rows], "o-", label=method)
+        ax.set(xscale="log", xlabel="training examples per task", ylabel="sentiment accuracy", title="Accuracy vs training-set size")
+        ax.legend()
+        fig.savefig(os.path.join(out, "training_size.png"), dpi=120, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    main()
