@@ -18,6 +18,7 @@ import statistics
 import torch
 
 from . import finetune as ft
+from .atomic import atomic_write
 from .errors import MiniPeftError
 from .gpt import GPT
 from .layers import bias_slots
@@ -75,7 +76,7 @@ def settings(quick):
                    ("BitFit, query + mlp_in", "bitfit", {"terms": "paper"}), ("BitFit, random subset (same size)", "bitfit", {"random": True})],
         "bitfit_lr": [(f"BitFit lr {lr:g}", "bitfit", {"lr": lr}) for lr in (1e-3, 1e-2, 5e-2)]
                      + [(f"full lr {lr:g}", "full", {"lr": lr}) for lr in (1e-4, 1e-3)],
-        "bitfit_size": [(f"{m} n={n}", m, {"n_train": n}) for n in ((50, 400) if quick else (25, 100, 400, 1600)) for m in ("bitfit", "full")],
+        "bitfit_size": [(f"{m} n={n}", m, {"n_train": n}) for n in ((50, 400) if quick else (50, 400, 1600)) for m in ("bitfit", "full")],
         "prefix": [("prefix, all layers", "prefix", {}), ("prefix, embedding only", "prefix", {"where": "embedding"}),
                    ("infix, all layers", "prefix", {"where": "infix"})],
         "prefix_reparam": [(f"prefix {'MLP' if r else 'direct'} lr {lr:g}", "prefix", {"reparam": r, "lr": lr})
@@ -125,15 +126,19 @@ def main(argv=None):
                     runs.append(run(args.backbone, codec, method, seed=seed, steps=steps, lr=lr, n_train=n_train, n_val=n_val, **opts))
                 results[name].append({"label": label, "runs": runs})
                 print(f"{name:16s} {label:36s} {_summary(runs)}", flush=True)
+                save(results, args.out)  # after every setting: a long run that is stopped keeps what it measured
     except MiniPeftError as e:
         p.exit(2, f"error: {e}\n")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(report(results))
     plot(results, args.out)
     print(f"wrote {args.out}/results.md")
+
+
+def save(results, out):
+    os.makedirs(out, exist_ok=True)
+    with atomic_write(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with atomic_write(os.path.join(out, "results.md"), "w") as f:
+        f.write(report(results))
 
 
 def _stat(values):
