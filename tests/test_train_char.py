@@ -1,0 +1,181 @@
+"""train_char.py end to end (tiny settings, subprocesses) and the built-in corpus."""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minipeft import GPT, MiniPeftError
+from minipeft import safetensors
+from minipeft.corpus import default_corpus, load_text
+from minipeft.tokenizer import CharTokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "train_char.py")
+TINY = ["--batch-size", "4", "--block-size", "32", "--eval-batches", "2", "--sample-length", "30"]
+TEXT = ("Return the number of items in the container. If the argument is a sequence, the length is counted "
+        "from the start.\nRaise ValueError when the value is not found; use a default to avoid it.\n\n") * 40
+
+
+# one thread per run: these runs are tiny, and two OpenMP threads spinning on a busy 2-core machine are much slower
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_char", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_weights(out):
+    return safetensors.load(os.path.join(out, "model", "model.safetensors"))[0]
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return str(path)
+
+
+def test_trains_on_a_text_file_and_writes_a_loadable_checkpoint(tmp_path, text_file):
+    out = tmp_path / "run"
+    r = run("--data", text_file, "--steps", "5", "--eval-every", "5", "--out", str(out), *TINY)
+    assert r.returncode == 0, r.stderr
+    assert "step 5: train loss" in r.stdout and "val loss" in r.stdout
+    assert "---- sample" in r.stdout
+    for name in ("model/config.json", "model/model.safetensors", "tokenizer.json", "train_state.pt"):
+        assert (out / name).is_file(), name
+    model = GPT.from_pretrained(out / "model")
+    tokenizer = CharTokenizer.from_json((out / "tokenizer.json").read_text())
+    assert model.config.vocab_size == tokenizer.vocab_size == len(set(TEXT)) + 1
+    assert (model.config.n_layer, model.config.n_head, model.config.n_embd, model.config.n_positions) == (4, 4, 128, 256)
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert state["step"] == 5 and state["tokenizer"] == tokenizer.to_json()
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]  # atomic writes left no temporaries
+
+
+def test_default_corpus_run(tmp_path):
+    out = tmp_path / "run"
+    r = run("--steps", "2", "--eval-every", "2", "--out", str(out), *TINY)
+    assert r.returncode == 0, r.stderr
+    assert (out / "model" / "model.safetensors").is_file()
+    assert GPT.from_pretrained(out / "model").config.vocab_size == 97  # printable ASCII + newline + unknown
+
+
+def test_resume_gives_the_weights_of_a_straight_run(tmp_path, text_file, capsys):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    common = ["--data", text_file, "--steps", "6", "--eval-every", "3", *TINY]
+    procs = [subprocess.Popen([sys.executable, SCRIPT, *common, "--out", straight], cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True),
+             subprocess.Popen([sys.executable, SCRIPT, *common, "--out", resumed, "--stop-at", "3"], cwd=ROOT, env=ENV,
+                              stderr=subprocess.PIPE, text=True)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    halfway = load_weights(resumed)
+    assert torch.load(os.path.join(resumed, "train_state.pt"), weights_only=True)["step"] == 3
+
+    # weights from another step next to this state (a save cut short) are refused, not mixed
+    mixed = tmp_path / "mixed"
+    shutil.copytree(resumed, mixed)
+    shutil.copy(os.path.join(straight, "model", "model.safetensors"), mixed / "model" / "model.safetensors")
+    with pytest.raises(SystemExit) as exit:
+        load_script().main([*common, "--out", str(mixed), "--resume"])
+    assert exit.value.code == 2 and "are from different steps" in capsys.readouterr().err
+
+    r = run(*common, "--out", resumed, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert torch.load(os.path.join(resumed, "train_state.pt"), weights_only=True)["step"] == 6
+    want, got = load_weights(straight), load_weights(resumed)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert not all(torch.equal(halfway[k], got[k]) for k in want)  # it did train after resuming
+
+
+def bad_argument_cases(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 100)
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "short.txt").write_text("just a few words\n")
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["--data", str(tmp_path / "missing.txt")], "no such file"),
+        (["--steps", "0"], "--steps must be a positive integer"),
+        (["--steps", "-3"], "--steps must be a positive integer"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--block-size", "1000"], "exceeds the model's context"),
+        (["--lr", "0"], "--lr must be positive"),
+        (["--stop-at", "900", "--steps", "10"], "--stop-at must be between 1 and --steps"),
+        (["--resume", "--out", str(tmp_path / "nothing")], "no checkpoint"),
+        (["--out", str(tmp_path / "a_file")], "is a file"),
+        (["--device", "nonsense"], "not a torch device"),
+        (["--data", str(tmp_path / "latin1.txt")], "not UTF-8"),
+        (["--data", str(tmp_path / "empty.txt")], "empty"),
+        (["--data", str(tmp_path / "short.txt")], "too short"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "CUDA is not available"))
+    return cases
+
+
+def test_bad_arguments_give_one_clear_line(tmp_path, capsys):
+    main = load_script().main
+    for args, message in bad_argument_cases(tmp_path):
+        with pytest.raises(SystemExit) as exit:  # any other exception would be a traceback
+            main([*args, "--out", str(tmp_path / "out")] if "--out" not in args else args)
+        err = capsys.readouterr().err
+        assert exit.value.code == 2, (args, err)
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and message in errors[0], (args, err)
+    assert not (tmp_path / "out").exists()  # nothing was written
+
+
+@pytest.mark.parametrize("which", ["missing.txt", "latin1.txt"])  # one refused by argparse, one while loading
+def test_bad_arguments_end_to_end_without_traceback(tmp_path, which):
+    bad_argument_cases(tmp_path)
+    r = run("--data", str(tmp_path / which), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("train_char.py: error: ")
+
+
+def test_help_explains_every_flag():
+    parser = load_script().build_parser()
+    text = parser.format_help()
+    for flag in ("--data", "--steps", "--batch-size", "--block-size", "--lr", "--eval-every", "--device", "--seed",
+                 "--out", "--resume", "--sample-length"):
+        assert flag in text
+    assert all(a.help for a in parser._actions)
+
+
+def test_default_corpus_is_english_text_and_deterministic():
+    text = default_corpus()
+    assert len(text) > 500_000
+    assert set(text) <= {chr(c) for c in range(32, 127)} | {"\n"}
+    assert sum(c.isalpha() for c in text) / len(text) > 0.6
+    assert "Return" in text and " the " in text
+    prefix = default_corpus(max_chars=100_000)  # a smaller cap gives a prefix of the same text ...
+    assert prefix == text[:100_000] + "\n"
+    assert default_corpus(max_chars=100_000) == prefix  # ... every time
+
+
+def test_load_text_errors(tmp_path):
+    with pytest.raises(MiniPeftError, match="no such file"):
+        load_text(tmp_path / "missing.txt")
+    with pytest.raises(MiniPeftError, match="not a file"):
+        load_text(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(MiniPeftError, match="empty"):
+        load_text(tmp_path / "empty.txt")
+    (tmp_path / "bin.txt").write_bytes(b"ok \xff\xfe")
+    with pytest.raises(MiniPeftError, match="not UTF-8"):
+        load_text(tmp_path / "bin.txt")
+    (tmp_path / "good.txt").write_text("h\u00e9llo\n", encoding="utf-8")
+    assert load_text(tmp_path / "good.txt") == "h\u00e9llo\n"

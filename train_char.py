@@ -1,0 +1,299 @@
+"""Train a small character-level GPT from scratch, nanoGPT style, on CPU in a few minutes.
+
+    python train_char.py                       # the Python standard library's docstrings (no download)
+    python train_char.py --data my_text.txt    # any UTF-8 text file
+    python train_char.py --resume              # continue from the checkpoint in --out
+
+The model is minipeft's GPT-2 at the "char" size (4 layers, 4 heads, 128 wide, 256 positions).
+A checkpoint is written to --out at every evaluation: model/ (config.json + model.safetensors,
+loadable with GPT.from_pretrained), tokenizer.json, and train_state.pt (optimizer, step, RNG,
+tokenizer) for --resume. Each step's batch depends only on (--seed, step), so a run that is
+stopped and resumed ends with the same weights as one that ran straight through (on CPU).
+
+`pretrain(args)` is the reusable part: later scripts fine-tune the model it returns.
+"""
+
+import argparse
+import hashlib
+import math
+import os
+
+import torch
+from tqdm import tqdm
+
+from minipeft import GPT, GPTConfig, MiniPeftError
+from minipeft.atomic import atomic_write
+from minipeft.corpus import default_corpus, load_text
+from minipeft.tokenizer import CharTokenizer
+
+STATE_FILE = "train_state.pt"
+MODEL_DIR = "model"
+VAL_FRACTION = 0.1
+SAMPLE_TEMPERATURE = 0.8
+
+
+# ---- arguments ------------------------------------------------------------------------------------
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Train a character-level GPT (4 layers, 4 heads, 128 wide) from scratch. "
+                                "Defaults take about 3-4 minutes on 2 CPU cores.")
+    p.add_argument("--data", help="UTF-8 text file to train on (default: the docstrings of Python's standard library)")
+    p.add_argument("--steps", type=int, default=800, help="total optimizer steps; the LR schedule spans them all (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default: %(default)s)")
+    p.add_argument("--block-size", type=int, default=128, help="characters per sequence, at most the model's 256; "
+                   "positions beyond it stay untrained (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of AdamW; linear warmup, then cosine decay "
+                   "to lr/10 (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of --steps)")
+    p.add_argument("--eval-every", type=int, default=100, help="evaluate on the held-out 10%% of the text and save a "
+                   "checkpoint every N steps, and after the last (default: %(default)s)")
+    p.add_argument("--eval-batches", type=int, default=20, help="batches averaged for each validation loss (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the initial weights, the batches and the sample (default: %(default)s)")
+    p.add_argument("--out", default="runs/char", help="folder for the checkpoint (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out up to --steps")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="end this run after STEP steps with a checkpoint, as if interrupted; --resume continues it")
+    p.add_argument("--sample-length", type=int, default=400, help="characters to generate at the end, 0 for none (default: %(default)s)")
+    p.add_argument("--prompt", default="\n", help="text the final sample starts from (default: a newline)")
+    return p
+
+
+def check_args(parser, args):
+    """Refuse bad arguments with one clear line (argparse exits with status 2)."""
+    for name in ("steps", "batch_size", "eval_every", "eval_batches"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.block_size < 2:
+        parser.error(f"--block-size must be at least 2 (one character to read, one to predict), got {args.block_size}")
+    if not args.lr > 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
+    if args.warmup is not None and args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.sample_length < 0:
+        parser.error(f"--sample-length must be >= 0, got {args.sample_length}")
+    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
+        parser.error(f"--stop-at must be between 1 and --steps ({args.steps}), got {args.stop_at}")
+    if args.block_size > GPTConfig.named("char").n_positions:
+        parser.error(f"--block-size {args.block_size} exceeds the model's context of {GPTConfig.named('char').n_positions}")
+    if args.data is not None and not os.path.isfile(args.data):
+        parser.error(f"--data {args.data}: no such file")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a file; give a folder for the checkpoint")
+    if args.resume and not os.path.isfile(os.path.join(args.out, STATE_FILE)):
+        parser.error(f"--resume: no checkpoint in {args.out} (expected {os.path.join(args.out, STATE_FILE)})")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a torch device (try cpu or cuda)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine (this torch build or driver has none); use --device cpu")
+    try:
+        torch.empty(1, device=device)
+    except Exception as e:  # e.g. cuda:3 on a machine with one GPU
+        parser.error(f"--device {args.device}: cannot use it ({str(e).splitlines()[0]})")
+    if args.warmup is None:
+        args.warmup = args.steps // 20
+    return args
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+def build_data(args, tokenizer=None):
+    """(tokenizer, train ids, val ids): the text's last 10% is held out for validation."""
+    text = load_text(args.data) if args.data else default_corpus()
+    tokenizer = tokenizer or CharTokenizer.from_text(text)
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+    n_val = int(len(ids) * VAL_FRACTION)
+    train, val = ids[:-n_val or None], ids[len(ids) - n_val:]
+    if len(val) <= args.block_size:
+        raise MiniPeftError(f"the text is too short: its validation 10% holds {len(val)} characters, but --block-size is "
+                            f"{args.block_size}; use a longer text (over {10 * (args.block_size + 1)} characters) or a smaller --block-size")
+    return tokenizer, train, val
+
+
+def get_batch(data, batch_size, block_size, generator):
+    """batch_size random windows of block_size tokens [B, T]; they are their own labels (shifted in the model)."""
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    return torch.stack([data[i:i + block_size] for i in starts.tolist()])
+
+
+def step_generator(seed, step):
+    """The batch of a step depends only on (seed, step), so a resumed run draws what a straight run would."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+# ---- model, optimizer, schedule -------------------------------------------------------------------
+
+def make_optimizer(model, args):
+    """AdamW; weight decay on matrices and embeddings only, not on biases and norms."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99))
+
+
+def lr_at(step, args):
+    """Linear warmup to --lr, then cosine decay to lr/10 at the last step."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr / 10 + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (args.lr - args.lr / 10)
+
+
+@torch.no_grad()
+def evaluate(model, data, args):
+    """Mean loss over --eval-batches fixed batches (the same ones at every evaluation)."""
+    model.eval()
+    g = torch.Generator().manual_seed(args.seed)
+    losses = [model(x.to(args.device), labels=x.to(args.device))[1].item()
+              for x in (get_batch(data, args.batch_size, args.block_size, g) for _ in range(args.eval_batches))]
+    model.train()
+    return sum(losses) / len(losses)
+
+
+# ---- checkpoint -----------------------------------------------------------------------------------
+
+def save_checkpoint(out, model, optimizer, tokenizer, step, args):
+    """model/ (Hugging Face layout), tokenizer.json and train_state.pt, each written atomically.
+
+    The state file, written last, records the hash of the weights it belongs to, so a run killed
+    between the two writes is detected on --resume instead of silently mixing steps.
+    """
+    model.save_pretrained(os.path.join(out, MODEL_DIR))
+    with atomic_write(os.path.join(out, "tokenizer.json"), "w") as f:
+        f.write(tokenizer.to_json())
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng, "tokenizer": tokenizer.to_json(),
+             "args": dict(vars(args)), "model_sha256": _weights_hash(out)}
+    with atomic_write(os.path.join(out, STATE_FILE)) as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(out, args):
+    """(model, optimizer, tokenizer, step) from --out, with the RNG restored as it was when saved."""
+    path = os.path.join(out, STATE_FILE)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MiniPeftError(f"{path}: not a readable training state ({type(e).__name__}); start again without --resume") from None
+    if not isinstance(state, dict) or not {"step", "optimizer", "rng", "tokenizer", "args", "model_sha256"} <= state.keys():
+        raise MiniPeftError(f"{path}: not a train_char.py training state; start again without --resume")
+    if state["model_sha256"] != _weights_hash(out):
+        raise MiniPeftError(f"{out}: {MODEL_DIR}/ and {STATE_FILE} are from different steps (a save was interrupted); "
+                            "start again without --resume")
+    model = GPT.from_pretrained(os.path.join(out, MODEL_DIR)).to(args.device).train()
+    if args.block_size > model.config.n_positions:
+        raise MiniPeftError(f"--block-size {args.block_size} exceeds the checkpoint's context of {model.config.n_positions}")
+    optimizer = make_optimizer(model, args)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise MiniPeftError(f"{path}: the optimizer state does not fit the model ({e})") from None
+    torch.set_rng_state(state["rng"]["cpu"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    changed = [f"--{k.replace('_', '-')}" for k in ("data", "batch_size", "block_size", "lr", "warmup", "seed", "steps")
+               if state["args"].get(k) != getattr(args, k)]
+    if changed:
+        tqdm.write(f"note: {', '.join(changed)} differ from the checkpoint's run; the result will differ from a straight run")
+    return model, optimizer, CharTokenizer.from_json(state["tokenizer"]), state["step"]
+
+
+def _weights_hash(out):
+    with open(os.path.join(out, MODEL_DIR, "model.safetensors"), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# ---- training -------------------------------------------------------------------------------------
+
+def train(model, optimizer, tokenizer, train_data, val_data, args, start_step=0):
+    """Run steps start_step .. --steps (or --stop-at), evaluating and saving every --eval-every steps.
+    Returns the last (train loss, val loss)."""
+    end = args.stop_at or args.steps
+    bar = tqdm(range(start_step, end), initial=start_step, total=end, desc="train", dynamic_ncols=True)
+    train_loss = val_loss = float("nan")
+    recent = []  # training losses since the last evaluation
+    model.train()
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, args)
+        x = get_batch(train_data, args.batch_size, args.block_size, step_generator(args.seed, step)).to(args.device)
+        _, loss = model(x, labels=x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        recent.append(loss.item())
+        bar.set_postfix(loss=f"{recent[-1]:.3f}", val=f"{val_loss:.3f}")
+        done = step + 1
+        if done % args.eval_every == 0 or done == end:
+            train_loss, recent = sum(recent) / len(recent), []
+            val_loss = evaluate(model, val_data, args)
+            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val_loss:.3f}")
+            tqdm.write(f"step {done}: train loss {train_loss:.4f} (mean since the last evaluation), val loss {val_loss:.4f}")
+            save_checkpoint(args.out, model, optimizer, tokenizer, done, args)
+    bar.close()
+    return train_loss, val_loss
+
+
+def pretrain(args):
+    """Train (or, with args.resume, continue training) the char GPT; returns (model, tokenizer)."""
+    if args.resume:
+        model, optimizer, tokenizer, step = load_checkpoint(args.out, args)
+        tokenizer, train_data, val_data = build_data(args, tokenizer)
+    else:
+        tokenizer, train_data, val_data = build_data(args)
+        torch.manual_seed(args.seed)
+        model = GPT(GPTConfig.named("char", vocab_size=tokenizer.vocab_size)).to(args.device)
+        optimizer, step = make_optimizer(model, args), 0
+    print(f"{model.num_parameters():,} parameters, vocabulary {tokenizer.vocab_size}, "
+          f"{len(train_data):,} training / {len(val_data):,} validation characters")
+    if step >= (args.stop_at or args.steps):
+        print(f"the checkpoint is already at step {step}; nothing to train")
+    else:
+        train(model, optimizer, tokenizer, train_data, val_data, args, step)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompt, length, seed, window):
+    """Generate `length` characters after `prompt`; past `window` characters (the trained block size,
+    since later positions were never trained) the context slides, keeping the last half window."""
+    model.eval()
+    device = model.wte.weight.device
+    g = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.tensor([tokenizer.encode(prompt or "\n")[-(window // 2):]], device=device)
+    new = 0
+    while new < length:
+        context = ids[:, -(window // 2):] if ids.shape[1] >= window else ids  # keep half the window when full
+        n = min(length - new, window - context.shape[1])
+        out = model.generate(context, max_new_tokens=n, temperature=SAMPLE_TEMPERATURE, generator=g)
+        ids = torch.cat([ids, out[:, context.shape[1]:]], dim=1)
+        new += n
+    return tokenizer.decode(ids[0].tolist())
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = check_args(parser, parser.parse_args(argv))
+    try:
+        model, tokenizer = pretrain(args)
+        if args.sample_length:
+            print(f"---- sample ({args.sample_length} characters, temperature {SAMPLE_TEMPERATURE}) ----")
+            print(sample(model, tokenizer, args.prompt, args.sample_length, args.seed, args.block_size))
+    except MiniPeftError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except OSError as e:  # e.g. the disk is full
+        parser.exit(2, f"{parser.prog}: error: {e.filename or args.out}: {e.strerror or e}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"\ninterrupted; --resume --out {args.out} continues from the last checkpoint "
+                         "(saved every --eval-every steps), if one was written\n")
+
+
+if __name__ == "__main__":
+    main()
