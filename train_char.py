@@ -1,8 +1,16 @@
-"""Train a small character-level GPT from scratch, nanoGPT style, on CPU in a few minutes.
+"""Pretrain a small character-level model, then fine-tune it with every method and compare them.
 
-    python train_char.py                       # the Python standard library's docstrings (no download)
-    python train_char.py --data my_text.txt    # any UTF-8 text file
-    python train_char.py --resume              # continue from the checkpoint in --out
+    python train_char.py                       # pretrain on the standard library's docstrings (no download),
+                                               # then full / frozen / bitfit / prefix / prompt, one table
+    python train_char.py --method bitfit,prompt --ft-steps 200
+    python train_char.py --arch t5             # the same with a char-level T5 (encoder-decoder)
+    python train_char.py --data my_text.txt    # pretrain on any UTF-8 text file
+    python train_char.py --resume              # continue pretraining from the checkpoint in --out
+
+Pretraining is skipped when --out already holds a finished checkpoint (--retrain forces it).
+Fine-tuning uses the generated tasks (minipeft.tasks): E2E-style table-to-text, scored by the
+validation loss of the sentence, and a label-word sentiment task, scored by accuracy, mixed in one
+training set. Each method's adapter is saved to --out/adapters/.
 
 The model is minipeft's GPT-2 at the "char" size (4 layers, 4 heads, 128 wide, 256 positions).
 A checkpoint is written to --out at every evaluation: model/ (config.json + model.safetensors,
@@ -21,9 +29,12 @@ import os
 import torch
 from tqdm import tqdm
 
-from minipeft import GPT, GPTConfig, MiniPeftError
+from minipeft import GPT, T5, GPTConfig, MiniPeftError, T5Config
+from minipeft import finetune as ft
+from minipeft.adapter import Adapter
 from minipeft.atomic import atomic_write
 from minipeft.corpus import default_corpus, load_text
+from minipeft.tasks import SENTIMENT_LABELS, e2e, sentiment
 from minipeft.tokenizer import CharTokenizer
 
 STATE_FILE = "train_state.pt"
@@ -54,7 +65,15 @@ def build_parser():
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out up to --steps")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="end this run after STEP steps with a checkpoint, as if interrupted; --resume continues it")
-    p.add_argument("--sample-length", type=int, default=400, help="characters to generate at the end, 0 for none (default: %(default)s)")
+    p.add_argument("--sample-length", type=int, default=400, help="characters to generate after pretraining, 0 for none (default: %(default)s)")
+    p.add_argument("--arch", choices=("gpt", "t5"), default="gpt", help="gpt: decoder-only GPT-2; t5: a char-level T5 "
+                   "encoder-decoder pretrained to continue a text (default: %(default)s)")
+    p.add_argument("--method", default="all", help="fine-tuning methods, comma-separated from full, frozen, bitfit, prefix, "
+                   "prompt; 'all' (default) or 'none' (pretrain only)")
+    p.add_argument("--ft-steps", type=int, default=100, help="fine-tuning steps per method (default: %(default)s)")
+    p.add_argument("--ft-examples", type=int, default=1000, help="training examples per task; validation uses up to 300 "
+                   "more per task (default: %(default)s)")
+    p.add_argument("--retrain", action="store_true", help="pretrain again even if --out holds a finished checkpoint")
     p.add_argument("--prompt", default="\n", help="text the final sample starts from (default: a newline)")
     return p
 
@@ -94,6 +113,15 @@ def check_args(parser, args):
         torch.empty(1, device=device)
     except Exception as e:  # e.g. cuda:3 on a machine with one GPU
         parser.error(f"--device {args.device}: cannot use it ({str(e).splitlines()[0]})")
+    methods = ft.METHODS if args.method == "all" else () if args.method == "none" else tuple(args.method.split(","))
+    unknown = [m for m in methods if m not in ft.METHODS]
+    if unknown:
+        parser.error(f"--method: unknown {', '.join(unknown)}; choose from {', '.join(ft.METHODS)}, 'all' or 'none'")
+    args.methods = methods
+    if args.ft_steps < 1 or args.ft_examples < 1:
+        parser.error("--ft-steps and --ft-examples must be positive integers")
+    if args.arch == "t5" and args.out == "runs/char":
+        args.out = "runs/char-t5"
     if args.warmup is None:
         args.warmup = args.steps // 20
     return args
@@ -143,12 +171,32 @@ def lr_at(step, args):
     return args.lr / 10 + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (args.lr - args.lr / 10)
 
 
+def lm_loss(model, x):
+    """GPT: next-character loss over the window. T5: the encoder reads the first half, the decoder
+    writes the second (ids shifted by 2: 0 and 1 are T5's pad/start and eos)."""
+    if model.arch == "t5":
+        half = x.shape[1] // 2
+        return model(x[:, :half] + 2, labels=x[:, half:] + 2)[1]
+    return model(x, labels=x)[1]
+
+
+def new_model(args, vocab_size):
+    if args.arch == "t5":
+        return T5(T5Config(vocab_size=vocab_size + 2, d_model=128, d_kv=32, d_ff=512, num_layers=3, num_decoder_layers=3,
+                           num_heads=4))
+    return GPT(GPTConfig.named("char", vocab_size=vocab_size))
+
+
+def load_model(path, args):
+    return (T5 if args.arch == "t5" else GPT).from_pretrained(path).to(args.device)
+
+
 @torch.no_grad()
 def evaluate(model, data, args):
     """Mean loss over --eval-batches fixed batches (the same ones at every evaluation)."""
     model.eval()
     g = torch.Generator().manual_seed(args.seed)
-    losses = [model(x.to(args.device), labels=x.to(args.device))[1].item()
+    losses = [lm_loss(model, x.to(args.device)).item()
               for x in (get_batch(data, args.batch_size, args.block_size, g) for _ in range(args.eval_batches))]
     model.train()
     return sum(losses) / len(losses)
@@ -186,9 +234,7 @@ def load_checkpoint(out, args):
     if state["model_sha256"] != _weights_hash(out):
         raise MiniPeftError(f"{out}: {MODEL_DIR}/ and {STATE_FILE} are from different steps (a save was interrupted); "
                             "start again without --resume")
-    model = GPT.from_pretrained(os.path.join(out, MODEL_DIR)).to(args.device).train()
-    if args.block_size > model.config.n_positions:
-        raise MiniPeftError(f"--block-size {args.block_size} exceeds the checkpoint's context of {model.config.n_positions}")
+    model = load_model(os.path.join(out, MODEL_DIR), args).train()
     optimizer = make_optimizer(model, args)
     try:
         optimizer.load_state_dict(state["optimizer"])
@@ -223,7 +269,7 @@ def train(model, optimizer, tokenizer, train_data, val_data, args, start_step=0)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args)
         x = get_batch(train_data, args.batch_size, args.block_size, step_generator(args.seed, step)).to(args.device)
-        _, loss = model(x, labels=x)
+        loss = lm_loss(model, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -241,15 +287,33 @@ def train(model, optimizer, tokenizer, train_data, val_data, args, start_step=0)
     return train_loss, val_loss
 
 
+def finished_checkpoint(args):
+    """True when --out holds a complete checkpoint at --steps or later (then pretraining is skipped)."""
+    path = os.path.join(args.out, STATE_FILE)
+    if args.retrain or args.resume or not os.path.isfile(path):
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state["step"] >= args.steps and state["model_sha256"] == _weights_hash(args.out)
+    except Exception:
+        return False
+
+
 def pretrain(args):
-    """Train (or, with args.resume, continue training) the char GPT; returns (model, tokenizer)."""
+    """Train (or, with args.resume, continue training) the char model; returns (model, tokenizer).
+    A finished checkpoint in --out is reused as it is."""
+    if finished_checkpoint(args):
+        with open(os.path.join(args.out, "tokenizer.json"), encoding="utf-8") as f:
+            tokenizer = CharTokenizer.from_json(f.read())
+        print(f"reusing the pretrained model in {args.out} (--retrain to train it again)")
+        return load_model(os.path.join(args.out, MODEL_DIR), args).eval(), tokenizer
     if args.resume:
         model, optimizer, tokenizer, step = load_checkpoint(args.out, args)
         tokenizer, train_data, val_data = build_data(args, tokenizer)
     else:
         tokenizer, train_data, val_data = build_data(args)
         torch.manual_seed(args.seed)
-        model = GPT(GPTConfig.named("char", vocab_size=tokenizer.vocab_size)).to(args.device)
+        model = new_model(args, tokenizer.vocab_size).to(args.device)
         optimizer, step = make_optimizer(model, args), 0
     print(f"{model.num_parameters():,} parameters, vocabulary {tokenizer.vocab_size}, "
           f"{len(train_data):,} training / {len(val_data):,} validation characters")
@@ -265,8 +329,12 @@ def sample(model, tokenizer, prompt, length, seed, window):
     """Generate `length` characters after `prompt`; past `window` characters (the trained block size,
     since later positions were never trained) the context slides, keeping the last half window."""
     model.eval()
-    device = model.wte.weight.device
+    device = model.input_embeddings().weight.device
     g = torch.Generator(device=device).manual_seed(seed)
+    if model.arch == "t5":  # the encoder reads the prompt, the decoder continues it
+        ids = torch.tensor([[i + 2 for i in tokenizer.encode(prompt or "\n")][-(window // 2):]], device=device)
+        out = model.generate(ids, max_new_tokens=min(length, window // 2), temperature=SAMPLE_TEMPERATURE, generator=g, eos_token_id=None)
+        return prompt + tokenizer.decode([i - 2 for i in out[0, 1:].tolist() if i >= 2])
     ids = torch.tensor([tokenizer.encode(prompt or "\n")[-(window // 2):]], device=device)
     new = 0
     while new < length:
@@ -278,6 +346,83 @@ def sample(model, tokenizer, prompt, length, seed, window):
     return tokenizer.decode(ids[0].tolist())
 
 
+# ---- fine-tuning: every method on the same tasks ---------------------------------------------------
+
+def task_data(args):
+    """(training mixture, E2E validation, sentiment validation) as (prompt, completion) pairs."""
+    train = [(s + " => ", t + "\n") for s, t in e2e(args.ft_examples, seed=args.seed)]
+    train += [(t + " => ", label + "\n") for t, label in sentiment(args.ft_examples, seed=args.seed)]
+    n_val = min(300, args.ft_examples)
+    e2e_val = [(s + " => ", t + "\n") for s, t in e2e(n_val, seed=args.seed + 1)]
+    sent_val = [(t + " => ", label + "\n") for t, label in sentiment(n_val, seed=args.seed + 1)]
+    return train, e2e_val, sent_val
+
+
+@torch.no_grad()
+def complete(module, codec, prompt, n=100):
+    """Greedy completion of one prompt, up to the first newline."""
+    base = getattr(module, "model", module)
+    ids = torch.tensor([codec.encode(prompt)], device=base.input_embeddings().weight.device)
+    if base.arch == "t5":
+        new = module.generate(ids, max_new_tokens=n)[0, 1:]
+    else:
+        new = module.generate(ids, max_new_tokens=n)[0, ids.shape[1]:]
+    return codec.decode(new.tolist()).split("\n")[0]
+
+
+def saved_size(module, method, folder):
+    """Bytes of what this method must store per task: the adapter file, or the whole model."""
+    os.makedirs(folder, exist_ok=True)
+    if isinstance(module, Adapter):
+        path = os.path.join(folder, f"{method}.safetensors")
+        module.save(path)
+        return os.path.getsize(path)
+    if method == "full":
+        module.save_pretrained(os.path.join(folder, "full"))
+        return os.path.getsize(os.path.join(folder, "full", "model.safetensors"))
+    return 0
+
+
+def compare(args, tokenizer):
+    """Fine-tune the pretrained model with each method; print samples and one table."""
+    codec = ft.Codec(tokenizer, args.arch)
+    train_set, e2e_val, sent_val = task_data(args)
+    labels = list(SENTIMENT_LABELS)
+    example = e2e_val[0]
+    model_dir = os.path.join(args.out, MODEL_DIR)
+    print(f"\nfine-tuning on {len(train_set)} examples (table-to-text + sentiment), {args.ft_steps} steps per method")
+    print(f"  example: {example[0]}\n  wanted:  {example[1].strip()}\n  before:  {complete(load_model(model_dir, args), codec, example[0])}")
+    rows = []
+    for method in args.methods:
+        torch.manual_seed(args.seed)
+        model = load_model(model_dir, args)
+        options = {"prompt_init": "labels", "label_ids": [codec.encode(w) for w in labels]} if method == "prompt" else {}
+        module = ft.make_method(method, model, **options)
+        total = model.num_parameters()
+        bar = tqdm(total=args.ft_steps if method != "frozen" else 0, desc=method, dynamic_ncols=True, leave=False)
+        with ft.Timer() as timer:
+            ft.finetune(module, train_set, codec, steps=args.ft_steps, lr=ft.LEARNING_RATES.get(method, 0.0), seed=args.seed,
+                        device=args.device, progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+        bar.close()
+        row = {"method": method, "trainable": ft.trainable_count(module), "total": total,
+               "size": saved_size(module, method, os.path.join(args.out, "adapters")),
+               "e2e_loss": ft.evaluate(module, e2e_val, codec, device=args.device),
+               "accuracy": ft.accuracy(module, sent_val, codec, labels, device=args.device), "seconds": timer.seconds}
+        rows.append(row)
+        print(f"  {method:7s} after: {complete(module, codec, example[0])}")
+    print_table(rows)
+    return rows
+
+
+def print_table(rows):
+    print("\n| method | trainable parameters | saved per task | E2E val loss | sentiment accuracy | wall time |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        size = f"{r['size'] / 1024:,.1f} KB" if r["size"] else "-"
+        print(f"| {r['method']} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) | {size} | "
+              f"{r['e2e_loss']:.3f} | {100 * r['accuracy']:.1f}% | {r['seconds']:.0f} s |")
+
+
 def main(argv=None):
     parser = build_parser()
     args = check_args(parser, parser.parse_args(argv))
@@ -286,6 +431,8 @@ def main(argv=None):
         if args.sample_length:
             print(f"---- sample ({args.sample_length} characters, temperature {SAMPLE_TEMPERATURE}) ----")
             print(sample(model, tokenizer, args.prompt, args.sample_length, args.seed, args.block_size))
+        if args.methods and not args.stop_at:
+            compare(args, tokenizer)
     except MiniPeftError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except OSError as e:  # e.g. the disk is full

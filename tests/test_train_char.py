@@ -16,7 +16,8 @@ from minipeft.tokenizer import CharTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "train_char.py")
-TINY = ["--batch-size", "4", "--block-size", "32", "--eval-batches", "2", "--sample-length", "30"]
+TINY = ["--batch-size", "4", "--block-size", "32", "--eval-batches", "2", "--sample-length", "30", "--method", "none"]
+FINETUNE = ["--method", "all", "--ft-steps", "2", "--ft-examples", "8"]
 TEXT = ("Return the number of items in the container. If the argument is a sequence, the length is counted "
         "from the start.\nRaise ValueError when the value is not found; use a default to avoid it.\n\n") * 40
 
@@ -179,3 +180,19 @@ def test_load_text_errors(tmp_path):
         load_text(tmp_path / "bin.txt")
     (tmp_path / "good.txt").write_text("h\u00e9llo\n", encoding="utf-8")
     assert load_text(tmp_path / "good.txt") == "h\u00e9llo\n"
+
+
+@pytest.mark.parametrize("arch", ["gpt", "t5"])
+def test_fine_tunes_every_method_and_prints_one_table(tmp_path, text_file, arch):
+    out = tmp_path / "run"
+    r = run("--data", text_file, "--steps", "2", "--eval-every", "2", "--out", str(out), "--arch", arch, *TINY, *FINETUNE)
+    assert r.returncode == 0, r.stderr
+    table = r.stdout[r.stdout.index("| method |"):]
+    for method in ("full", "frozen", "bitfit", "prefix", "prompt"):
+        assert f"| {method} |" in table
+        assert f"{method:7s} after:" in r.stdout
+    assert "before:" in r.stdout
+    for name in ("bitfit.safetensors", "prefix.safetensors", "prompt.safetensors", "full/model.safetensors"):
+        assert (out / "adapters" / name).is_file(), name
+    again = run("--data", text_file, "--steps", "2", "--out", str(out), "--arch", arch, *TINY)  # a finished checkpoint is reused
+    assert again.returncode == 0 and "reusing the pretrained model" in again.stdout
