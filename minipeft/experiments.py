@@ -174,9 +174,11 @@ def plot(results, out):
     except ImportError:
         print("matplotlib is not installed: no plots (pip install 'minipeft[plot]')")
         return
-    if "bitfit" in results:  # loss curves per method
+    # loss curves per method: the BitFit comparison (full, frozen, BitFit variants), else one row per experiment
+    rows = results["bitfit"] if "bitfit" in results else [r for name in results for r in results[name][:1]]
+    if rows:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for row in results["bitfit"]:
+        for row in rows:
             curve = row["runs"][0]["curve"]
             if curve:
                 ax.plot([s for s, _ in curve], [v for _, v in curve], label=row["label"])
