@@ -33,9 +33,11 @@ from minipeft import GPT, T5, GPTConfig, MiniPeftError, T5Config
 from minipeft import finetune as ft
 from minipeft.adapter import Adapter
 from minipeft.atomic import atomic_write
-from minipeft.corpus import default_corpus, load_text
+from minipeft.corpus import default_corpus
 from minipeft.tasks import SENTIMENT_LABELS, e2e, sentiment
+from minipeft.textdata import read_text
 from minipeft.tokenizer import CharTokenizer
+from minipeft.train import resolve_device
 
 STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
@@ -104,15 +106,9 @@ def check_args(parser, args):
     if not 0 <= args.seed < 2**32:
         parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
     try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"--device {args.device!r} is not a torch device (try cpu or cuda)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available on this machine (this torch build or driver has none); use --device cpu")
-    try:
-        torch.empty(1, device=device)
-    except Exception as e:  # e.g. cuda:3 on a machine with one GPU
-        parser.error(f"--device {args.device}: cannot use it ({str(e).splitlines()[0]})")
+        resolve_device(args.device)
+    except MiniPeftError as e:
+        parser.error(f"--device: {e}")
     methods = ft.METHODS if args.method == "all" else () if args.method == "none" else tuple(args.method.split(","))
     unknown = [m for m in methods if m not in ft.METHODS]
     if unknown:
@@ -131,7 +127,7 @@ def check_args(parser, args):
 
 def build_data(args, tokenizer=None):
     """(tokenizer, train ids, val ids): the text's last 10% is held out for validation."""
-    text = load_text(args.data) if args.data else default_corpus()
+    text = read_text(args.data) if args.data else default_corpus()
     tokenizer = tokenizer or CharTokenizer.from_text(text)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     n_val = int(len(ids) * VAL_FRACTION)

@@ -38,7 +38,7 @@ from minipeft.bitfit import TERMS
 from minipeft.textdata import collate, load_examples, pair_examples, split
 from minipeft.tasks import e2e
 from minipeft.tokenizer import gpt2_tokenizer
-from minipeft.train import load_training_state, make_optimizer, save_training_state
+from minipeft.train import load_training_state, make_optimizer, resolve_device, save_training_state
 
 STATE_FILE = "state.pt"
 ADAPTER_FILE = "adapter.safetensors"
@@ -134,15 +134,9 @@ def check_args(parser, args):
 
 def check_device(parser, name):
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        parser.error(f"--device {name!r} is not a torch device (try cpu or cuda)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available on this machine; use --device cpu")
-    try:
-        torch.empty(1, device=device)
-    except Exception as e:  # e.g. cuda:3 on a machine with one GPU
-        parser.error(f"--device {name}: cannot use it ({str(e).splitlines()[0]})")
+        resolve_device(name)
+    except MiniPeftError as e:
+        parser.error(f"--device: {e}")
 
 
 # ---- model, method, data ----------------------------------------------------------------------------

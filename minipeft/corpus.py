@@ -105,22 +105,3 @@ def _live_docs(name):
         obj = getattr(module, attr)
         if not attr.startswith("_") and (inspect.isclass(obj) or inspect.isroutine(obj)):
             yield inspect.cleandoc(obj.__doc__ or "")  # own docstring only: getdoc would repeat the base class's
-
-
-def load_text(path):
-    """The contents of a UTF-8 text file, with a MiniPeftError naming the problem if it cannot be used."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MiniPeftError(f"{path}: no such file")
-    if not os.path.isfile(path):
-        raise MiniPeftError(f"{path}: not a file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise MiniPeftError(f"{path}: not UTF-8 text (byte {e.start} cannot be decoded); convert it to UTF-8") from None
-    except OSError as e:
-        raise MiniPeftError(f"{path}: cannot read ({e.strerror})") from None
-    if not text.strip():
-        raise MiniPeftError(f"{path}: the file is empty")
-    return text

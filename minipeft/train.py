@@ -19,12 +19,35 @@ def own_state(module):
     return state
 
 
+def resolve_device(name):
+    """torch.device(name), checked usable here (CUDA present, the index exists), else a MiniPeftError."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MiniPeftError(f"{name!r} is not a torch device (try cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MiniPeftError(f"{name}: CUDA is not available on this machine (this torch build or driver has none); use cpu")
+    try:
+        torch.empty(1, device=device)
+    except Exception as e:  # e.g. cuda:3 on a machine with one GPU
+        raise MiniPeftError(f"{name}: cannot use it ({str(e).splitlines()[0]})") from None
+    return device
+
+
 def make_optimizer(module, lr, weight_decay=0.0, betas=(0.9, 0.999)):
-    """AdamW over the trainable parameters only: frozen tensors get no optimizer state."""
+    """AdamW over the trainable parameters only: frozen tensors get no optimizer state.
+
+    Fused (one kernel per tensor) where torch has it for these parameters (CPU since torch 2.4,
+    CUDA): the same update up to rounding, several times faster than the default per-op loop,
+    which otherwise takes ~15% of a full fine-tuning step of GPT-2 on CPU.
+    """
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise MiniPeftError("nothing to train: every parameter is frozen")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
+    except RuntimeError:  # no fused kernel for this device/dtype or torch version
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
 
 
 def save_training_state(path, module, optimizer, step, **extra):

@@ -11,7 +11,8 @@ import torch
 
 from minipeft import GPT, MiniPeftError
 from minipeft import safetensors
-from minipeft.corpus import default_corpus, load_text
+from minipeft.corpus import default_corpus
+from minipeft.textdata import read_text as load_text
 from minipeft.tokenizer import CharTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
