@@ -81,6 +81,24 @@ def test_fuzzed_configs_raise_only_minipeft_errors(tmp_path_factory, edits):
         pass
 
 
+@given(edits=st.dictionaries(st.sampled_from(["vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers",
+                                              "num_heads", "relative_attention_num_buckets", "relative_attention_max_distance",
+                                              "feed_forward_proj", "dropout_rate", "layer_norm_epsilon", "tie_word_embeddings",
+                                              "scale_decoder_outputs", "model_type", "decoder_start_token_id"]),
+                             json_value, min_size=1, max_size=3))
+def test_fuzzed_t5_configs_raise_only_minipeft_errors(tmp_path_factory, edits):
+    from minipeft import T5, T5Config
+    folder = tmp_path_factory.mktemp("t5cfg")
+    T5(T5Config.named("tiny", num_layers=1, d_model=16, d_ff=16, d_kv=4, num_heads=2, vocab_size=20)).save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(edits)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    try:
+        T5.from_pretrained(folder)
+    except MiniPeftError:
+        pass
+
+
 @given(ops=st.lists(mutation, min_size=1, max_size=3), meta_edit=st.sampled_from(["none", "config", "base", "method", "format"]),
        value=json_value)
 def test_fuzzed_adapter_files_raise_only_minipeft_errors(tmp_path_factory, ops, meta_edit, value):
