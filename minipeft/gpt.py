@@ -290,9 +290,11 @@ class GPT(nn.Module):
                                 f"exceeds the context of {self.config.n_positions} positions")
         cfg, w = self.config, self.wte.weight
         cache = KVCache(cfg.n_layer, B, cfg.n_head, n_prompt + T + max_new_tokens, cfg.head_dim, device=w.device, dtype=w.dtype)
-        every_step = dict(prefix=prefix, prefix_mask=prefix_mask, prefix_start=prefix_start, bias_delta=bias_delta, cache=cache)
-        first = self(input_ids, attention_mask, prompt=prompt, prompt_mask=prompt_mask, **every_step)[:, -1]
-        new = decode(lambda tok: self(tok, **every_step)[:, -1], first, max_new_tokens,
+        every_step = dict(prefix=prefix, prefix_mask=prefix_mask, prefix_start=prefix_start, bias_delta=bias_delta, cache=cache,
+                          hidden=True)
+        head = lambda h: F.linear(h[:, -1], w)  # noqa: E731  logits of the last position only, not of the whole prompt
+        first = head(self(input_ids, attention_mask, prompt=prompt, prompt_mask=prompt_mask, **every_step))
+        new = decode(lambda tok: head(self(tok, **every_step)), first, max_new_tokens,
                      eos_token_id=eos_token_id, temperature=temperature, top_k=top_k, generator=generator)
         return torch.cat([input_ids, new], dim=1)
 

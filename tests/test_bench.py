@@ -1,0 +1,92 @@
+"""The benchmark (bench/bench.py) runs end to end at tiny sizes and reports every row.
+
+No timing assertions: targets and PASS/MISS live in the benchmark's own output.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench", "bench.py")
+
+PREFIX, PROMPT = "prefix (P=10, MLP 512)", "prompt (P=20)"
+ROWS = (  # the "what" cell of every row, in order
+    [f"train step, {m}" for m in ("full FT", "BitFit", PREFIX, PROMPT)]
+    + [f"train step, {m} vs own full FT" for m in ("BitFit", PREFIX, PROMPT)]
+    + [f"peak memory, {m} vs own full FT" for m in ("BitFit", PREFIX, PROMPT)]
+    + [f"peak memory, {m}" for m in ("BitFit", PREFIX, PROMPT)]
+    + ["greedy generation, no prefix", "greedy generation, prefix P=10",
+       "greedy generation, no prefix vs bandwidth bound", "greedy generation, prefix P=10 vs bandwidth bound"]
+    + [f"8 tasks in one batch, {m}, {what} vs 8 one at a time" for m in ("BitFit", "prefix (P=10, baked)", PROMPT)
+       for what in ("8-token forward", "8 + 4 tokens generated")]
+    + ["T5 train step, prompt (P=20)"]
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, BENCH, "--size", "tiny", "--steps", "2", "--warmup", "1", "--threads", "1",
+                           "--json", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_table_has_every_row(tiny_run):
+    stdout, _ = tiny_run
+    lines = stdout.splitlines()
+    assert any(line.startswith("Machine: ") and "torch" in line and "threads" in line for line in lines)
+    assert "| what | minipeft | reference | ratio | target | result |" in lines
+    body = [line for line in lines if line.startswith("| ") and not line.startswith("| what")]
+    assert [line.split(" | ")[0].removeprefix("| ") for line in body] == ROWS
+    for line in body:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 6 and cells[5] in ("PASS", "MISS"), line
+
+
+def test_json_has_the_expected_keys(tiny_run):
+    _, results = tiny_run
+    assert set(results) == {"machine", "config", "rows", "train", "memory", "generation", "bank", "t5"}
+    assert {"cpu", "cores", "threads", "torch", "transformers", "peft", "dtype"} <= set(results["machine"])
+    assert results["config"]["size"] == "tiny" and results["config"]["steps"] == 2
+    assert set(results["train"]) == {"full", "bitfit", "prefix", "prompt"}
+    for t in results["train"].values():
+        assert {"minipeft_ms", "reference_ms", "trainable_minipeft", "trainable_reference"} <= set(t)
+        assert len(t["minipeft_samples_ms"]) == len(t["reference_samples_ms"]) == 2
+    for method, m in results["memory"].items():
+        assert set(m) == {"minipeft", "reference"}
+        assert all(m[impl]["peak_mb"] > 0 for impl in m), method
+    assert {"param_bytes", "copy_bandwidth_gb_s", "bound_tokens_per_s", "plain", "prefix"} <= set(results["generation"])
+    for case in ("plain", "prefix"):
+        g = results["generation"][case]
+        assert g["new_tokens_minipeft"] == g["new_tokens_reference"] == 8  # eos never stops the reference early
+    assert [(b["method"], b["kind"]) for b in results["bank"]] == [
+        (m, kind) for m in ("bitfit", "prefix", "prompt") for kind in ("forward", "generate")]
+    assert all(b["rows"] == 8 and b["speedup"] > 0 for b in results["bank"])
+    assert {"minipeft_ms", "reference_ms"} <= set(results["t5"])
+    assert [row["what"] for row in results["rows"]] == ROWS
+    for row in results["rows"]:
+        assert set(row) == {"what", "minipeft", "reference", "unit", "ratio", "target", "pass"}
+
+
+def test_both_sides_compute_the_same_thing(tiny_run):
+    """Same weights and same adapter start: first-step losses agree, and so do trainable sizes.
+
+    Not GPT-2 prompt tuning: peft also scores the first real token from the last virtual token
+    (its labels are [-100] * P + ids), one target more than minipeft's loss over input_ids."""
+    _, results = tiny_run
+    for method, t in results["train"].items():
+        if method != "prompt":
+            assert abs(t["first_loss_minipeft"] - t["first_loss_reference"]) < 1e-4, method
+        if method in ("full", "bitfit"):
+            assert t["trainable_minipeft"] == t["trainable_reference"], method
+    t5 = results["t5"]
+    assert abs(t5["first_loss_minipeft"] - t5["first_loss_reference"]) < 1e-4
