@@ -12,7 +12,7 @@ from minipeft import MiniPeftError, safetensors
 from minipeft.layers import KVCache, bias_slots
 from minipeft.t5 import T5, T5Config, relative_position_bucket, shift_right
 
-transformers = pytest.importorskip("transformers")  # test oracle (installed by the dev extra)
+import transformers  # noqa: E402  test oracle, installed by the dev extra
 from transformers import DynamicCache, EncoderDecoderCache  # noqa: E402
 
 # original T5 (ReLU, tied head) and v1.1 / FLAN (gated GELU, untied head, heads * d_kv != d_model,
@@ -482,7 +482,7 @@ def test_bad_inputs_are_refused_before_computing(call, match):
 
 @pytest.fixture(scope="module")
 def spiece(tmp_path_factory):
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm  # the dev extra installs it
     folder = tmp_path_factory.mktemp("spiece")
     g = torch.Generator().manual_seed(0)
     words = "the quick brown fox jumps over lazy dog cat sat on a mat hello world summarize translate".split()
