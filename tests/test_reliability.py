@@ -62,6 +62,17 @@ def test_fuzzed_safetensors_raise_only_minipeft_errors(tmp_path_factory, ops):
         assert t.numel() * t.element_size() <= path.stat().st_size
 
 
+def _load_with_edited_config(model_class, folder, edits):
+    """Load a saved model after editing its config.json: it loads, or raises a MiniPeftError."""
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(edits)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    try:
+        model_class.from_pretrained(folder)
+    except MiniPeftError:
+        pass
+
+
 json_value = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True) | st.text(max_size=5),
                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=5)
 
@@ -72,13 +83,7 @@ json_value = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40)
 def test_fuzzed_configs_raise_only_minipeft_errors(tmp_path_factory, edits):
     folder = tmp_path_factory.mktemp("cfg")
     GPT(CFG).save_pretrained(folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(edits)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    try:
-        GPT.from_pretrained(folder)
-    except MiniPeftError:
-        pass
+    _load_with_edited_config(GPT, folder, edits)
 
 
 @given(edits=st.dictionaries(st.sampled_from(["vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers",
@@ -90,13 +95,7 @@ def test_fuzzed_t5_configs_raise_only_minipeft_errors(tmp_path_factory, edits):
     from minipeft import T5, T5Config
     folder = tmp_path_factory.mktemp("t5cfg")
     T5(T5Config.named("tiny", num_layers=1, d_model=16, d_ff=16, d_kv=4, num_heads=2, vocab_size=20)).save_pretrained(folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(edits)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    try:
-        T5.from_pretrained(folder)
-    except MiniPeftError:
-        pass
+    _load_with_edited_config(T5, folder, edits)
 
 
 @given(ops=st.lists(mutation, min_size=1, max_size=3), meta_edit=st.sampled_from(["none", "config", "base", "method", "format"]),
