@@ -138,8 +138,7 @@ def wrap_ours(model, method):
     if method == "bitfit":
         return minipeft.BitFit(model, terms="all")
     if method == "prefix":
-        return fp32_prefix(minipeft.PrefixTuning(model, N_PREFIX, reparam=True, hidden=PREFIX_HIDDEN),
-                           model.input_embeddings().weight.device.type)
+        return minipeft.PrefixTuning(model, N_PREFIX, reparam=True, hidden=PREFIX_HIDDEN)
     if method == "prompt":
         return minipeft.PromptTuning(model, N_PROMPT)
     raise ValueError(method)
@@ -223,19 +222,6 @@ BF16 = {"on": False}  # --dtype bf16: run forward passes under bf16 autocast (th
 
 def autocast(device):
     return torch.autocast(device, dtype=torch.bfloat16) if BF16["on"] else contextlib.nullcontext()
-
-
-def fp32_prefix(adapter, device):
-    """minipeft requires a prefix in the model's dtype (fp32) and refuses the bf16 that its MLP gives
-    under autocast: compute a prefix adapter's hooks outside autocast (a 10-row MLP: no cost)."""
-    if BF16["on"] and isinstance(adapter, minipeft.PrefixTuning):
-        hooks = adapter.hooks
-
-        def fp32_hooks(batch_size):
-            with torch.autocast(device, enabled=False):
-                return hooks(batch_size)
-        adapter.hooks = fp32_hooks
-    return adapter
 
 
 def gpt_batch(size, device, seed=0):

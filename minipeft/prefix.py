@@ -83,7 +83,8 @@ class PrefixTuning(Adapter):
         mlp = self.mlp[site]
         out = mlp[1:](mlp[0].weight)
         offset = getattr(self, f"offset_{site}", None)
-        return out if offset is None else out + offset
+        out = out if offset is None else out + offset
+        return out.to(self.model.input_embeddings().weight.dtype)  # autocast makes the MLP's output bf16
 
     def sites(self):
         """{site: [(key, value)] * n_layer}, each [1, H, P, D], from the flat prefixes."""

@@ -124,3 +124,29 @@ def test_bad_arguments():
         PrefixTuning(tiny_gpt(), 4, where="middle")
     with pytest.raises(MiniPeftError, match="n_prefix must be >= 1"):
         PrefixTuning(tiny_gpt(), 0)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "t5"])
+def test_bf16_autocast_gives_the_fp32_loss_and_gradients(arch):
+    """Under autocast the prefix MLP computes in bf16; the prefix reaches the fp32 model in the model's
+    dtype (not refused as bf16), and loss and gradients stay within bf16 rounding of the fp32 ones."""
+    from tests.methods_common import tiny_t5, toy_seq2seq
+    if arch == "gpt":
+        adapter = PrefixTuning(tiny_gpt(), 4, hidden=16)
+        ids = toy_batch(61)
+        call = lambda: adapter(ids, labels=ids)[1]  # noqa: E731
+    else:
+        adapter = PrefixTuning(tiny_t5(), 4, hidden=16)
+        ids, labels = toy_seq2seq(61)
+        call = lambda: adapter(ids, labels=labels)[1]  # noqa: E731
+    results = []
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = call()
+        adapter.zero_grad()
+        loss.backward()
+        results.append((loss.detach(), adapter.mlp[next(iter(adapter.mlp))][3].weight.grad.clone()))
+    (loss32, grad32), (loss16, grad16) = results
+    assert loss16.dtype == torch.float32
+    torch.testing.assert_close(loss16, loss32, rtol=2e-2, atol=0)
+    assert torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0) > 0.99
