@@ -24,7 +24,7 @@ from . import checkpoint, safetensors
 from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import decode
-from .layers import (KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, check_hook_tensor, check_ids,
+from .layers import (KVCache, LayerNorm, Linear, attend, linear, bias_deltas, build_mask, check_hook_tensor, check_ids,
                      check_prefix, merge_heads, split_heads)
 
 
@@ -292,7 +292,7 @@ class GPT(nn.Module):
         cache = KVCache(cfg.n_layer, B, cfg.n_head, n_prompt + T + max_new_tokens, cfg.head_dim, device=w.device, dtype=w.dtype)
         every_step = dict(prefix=prefix, prefix_mask=prefix_mask, prefix_start=prefix_start, bias_delta=bias_delta, cache=cache,
                           hidden=True)
-        head = lambda h: F.linear(h[:, -1], w)  # noqa: E731  logits of the last position only, not of the whole prompt
+        head = lambda h: linear(h[:, -1], w)  # noqa: E731  logits of the last position only, not of the whole prompt
         first = head(self(input_ids, attention_mask, prompt=prompt, prompt_mask=prompt_mask, **every_step))
         new = decode(lambda tok: head(self(tok, **every_step)), first, max_new_tokens,
                      eos_token_id=eos_token_id, temperature=temperature, top_k=top_k, generator=generator)

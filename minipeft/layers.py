@@ -67,6 +67,26 @@ class BiasSlots(nn.Module):
         return torch.cat([r if r is not None else self.weight.new_zeros(B, w) for r, w in zip(rows, self.parts.values())], -1)[:, None]
 
 
+def linear(x, weight, bias=None):
+    """F.linear, with a faster path for one row on the CPU (decoding one token at batch 1).
+
+    There MKL's matrix-vector product runs on one thread and reads [out, in] weights at about half
+    the memory bandwidth. Split the output rows into one block per thread and let bmm run the blocks
+    in parallel: the same dot products (same result), about 2x the tokens per second.
+    """
+    k, (n_out, n_in) = torch.get_num_threads(), weight.shape
+    if x.device.type != "cpu" or k < 2 or x.numel() != n_in or n_out < 64 * k:
+        return F.linear(x, weight, bias)
+    rows = n_out // k                                                  # k blocks of `rows`, remainder apart
+    y = torch.bmm(x.reshape(1, 1, n_in).expand(k, 1, n_in), weight[:k * rows].view(k, rows, n_in).transpose(1, 2))
+    y = y.view(1, k * rows)                                            # [1, k * rows]
+    if k * rows < n_out:
+        y = torch.cat([y, F.linear(x.reshape(1, n_in), weight[k * rows:])], dim=1)
+    if bias is not None:
+        y = y + bias
+    return y.view(*x.shape[:-1], n_out)
+
+
 class Linear(BiasSlots):
     """y = x @ weight.T + bias, output split into parts {role: width}, each with its own bias slot,
     e.g. {"query": C, "key": C, "value": C} (GPT-2's fused c_attn) or {"mlp_in": 4C}."""
@@ -77,7 +97,7 @@ class Linear(BiasSlots):
         self._init_slots(parts, bias)
 
     def forward(self, x):
-        y = F.linear(x, self.weight, self.full_bias())  # one addmm, bias slots included
+        y = linear(x, self.weight, self.full_bias())  # one addmm, bias slots included
         rows = self.row_delta()
         return y if rows is None else y + rows
 

@@ -47,7 +47,7 @@ from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import decode
 from .layers import (KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, check_hook_tensor,
-                     check_ids, check_prefix, merge_heads, split_heads)
+                     check_ids, check_prefix, linear, merge_heads, split_heads)
 
 PAD_ID = 0            # also the decoder's start token
 EOS_ID = 1
@@ -422,8 +422,8 @@ class T5(nn.Module):
         if hidden:
             return h
         if self.lm_head is not None:
-            return self.lm_head(h)                                          # v1.1 / FLAN: no rescaling
-        return F.linear(h * self.config.d_model ** -0.5, self.shared.weight)  # tied: rescale first
+            return linear(h, self.lm_head.weight)                          # v1.1 / FLAN: no rescaling
+        return linear(h * self.config.d_model ** -0.5, self.shared.weight)  # tied: rescale first
 
     def _check_inputs(self, input_ids, attention_mask, prefix, prompt, decoder_input_ids=None,
                       decoder_attention_mask=None, labels=None, encoder_out=None, *, decoding=True):
