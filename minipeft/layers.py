@@ -68,20 +68,23 @@ class BiasSlots(nn.Module):
 
 
 def linear(x, weight, bias=None):
-    """F.linear, with a faster path for one row on the CPU (decoding one token at batch 1).
+    """F.linear, with a faster path for a few rows on the CPU (decoding, short batches).
 
-    There MKL's matrix-vector product runs on one thread and reads [out, in] weights at about half
-    the memory bandwidth. Split the output rows into one block per thread and let bmm run the blocks
-    in parallel: the same dot products (same result), about 2x the tokens per second.
+    There MKL runs a one-row product on one thread, and for up to a few dozen rows spends much of
+    its time repacking the weight, reading [out, in] weights at a fraction of the memory bandwidth.
+    Splitting the output rows into one block per thread and letting bmm run the blocks in parallel
+    computes the same dot products 1.3-2x faster (measured here for 1 to 64 rows, 2 threads).
     """
     k, (n_out, n_in) = torch.get_num_threads(), weight.shape
-    if x.device.type != "cpu" or k < 2 or x.numel() != n_in or n_out < 64 * k:
+    rows = x.numel() // n_in
+    if x.device.type != "cpu" or k < 2 or rows > 64 or n_out < 64 * k:
         return F.linear(x, weight, bias)
-    rows = n_out // k                                                  # k blocks of `rows`, remainder apart
-    y = torch.bmm(x.reshape(1, 1, n_in).expand(k, 1, n_in), weight[:k * rows].view(k, rows, n_in).transpose(1, 2))
-    y = y.view(1, k * rows)                                            # [1, k * rows]
-    if k * rows < n_out:
-        y = torch.cat([y, F.linear(x.reshape(1, n_in), weight[k * rows:])], dim=1)
+    per = n_out // k                                                   # k blocks of `per` outputs, remainder apart
+    blocks = weight[:k * per].view(k, per, n_in).transpose(1, 2)       # [k, n_in, per]
+    y = torch.bmm(x.reshape(1, rows, n_in).expand(k, rows, n_in), blocks)  # [k, rows, per]
+    y = y.transpose(0, 1).reshape(rows, k * per)
+    if k * per < n_out:
+        y = torch.cat([y, F.linear(x.reshape(rows, n_in), weight[k * per:])], dim=1)
     if bias is not None:
         y = y + bias
     return y.view(*x.shape[:-1], n_out)

@@ -22,9 +22,9 @@ def threads(n):
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 @pytest.mark.parametrize("n_out", [100, 256, 1001])
-@pytest.mark.parametrize("x_shape", [(1, 48), (1, 1, 48), (48,), (3, 48)])
+@pytest.mark.parametrize("x_shape", [(1, 48), (1, 1, 48), (48,), (3, 48), (4, 16, 48), (65, 48)])
 def test_linear_equals_f_linear(n_threads, n_out, x_shape):
-    """Every shape and thread count (one-row inputs take the bmm split, others F.linear) gives F.linear's
+    """Every shape and thread count (up to 64 rows take the bmm split, more F.linear) gives F.linear's
     result: the split only changes which thread computes which dot product."""
     torch.manual_seed(0)
     x, w, b = torch.randn(x_shape), torch.randn(n_out, 48), torch.randn(n_out)
@@ -32,7 +32,7 @@ def test_linear_equals_f_linear(n_threads, n_out, x_shape):
         for bias in (None, b):
             got, want = linear(x, w, bias), F.linear(x, w, bias)
             assert got.shape == want.shape
-            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # summation order may differ
 
 
 def test_linear_one_row_path_keeps_gradients():
