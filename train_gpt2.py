@@ -231,7 +231,7 @@ def evaluate(module, val_set, args):
     for i in range(0, len(examples), args.batch_size):
         ids, labels = collate(examples[i:i + args.batch_size])
         n = int((labels[:, 1:] != -100).sum())
-        _, loss = module(ids.to(args.device), labels=labels.to(args.device))
+        _, loss = module(ids.to(args.device), labels=labels.to(args.device), return_logits=False)
         total, count = total + loss.item() * n, count + n
     module.train()
     return total / count
@@ -334,7 +334,7 @@ def train(module, optimizer, train_set, start, base, args):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, args)
             ids, labels = (t.to(args.device) for t in batch_at(train_set, step, args))
-            _, loss = module(ids, labels=labels)
+            _, loss = module(ids, labels=labels, return_logits=False)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -24,7 +24,7 @@ from . import checkpoint, safetensors
 from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import decode
-from .layers import (KVCache, LayerNorm, Linear, attend, linear, bias_deltas, build_mask, check_hook_tensor, check_ids,
+from .layers import (IGNORE, KVCache, LayerNorm, Linear, attend, linear, linear_cross_entropy, bias_deltas, build_mask, check_hook_tensor, check_ids,
                      check_prefix, merge_heads, split_heads)
 
 
@@ -168,8 +168,9 @@ class GPT(nn.Module):
     # ---- forward -----------------------------------------------------------------------------
 
     def forward(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None,
-                prefix_mask=None, prefix_start=None, prompt_mask=None, labels=None, cache=None, hidden=False):
-        """Logits [B, T, vocab] aligned with input_ids; with labels also the mean next-token loss.
+                prefix_mask=None, prefix_start=None, prompt_mask=None, labels=None, cache=None, hidden=False,
+                return_logits=True):
+        """Logits [B, T, vocab] aligned with input_ids; with labels (logits, mean next-token loss).
 
         input_ids [B, T]; attention_mask [B, T] (1 = real token, 0 = padding); labels [B, T] with
         -100 where no loss is wanted (shifted inside, as in transformers); cache: a KVCache.
@@ -177,16 +178,20 @@ class GPT(nn.Module):
         [B, width]} added to bias slots for this call; prefix_mask / prompt_mask [B or 1, P] for rows
         that use fewer slots (many tasks in one batch); prefix_start [B] places the prefix before
         that token index instead of in front (an infix: [x; INFIX; y]). hidden=True returns the final
-        hidden states [B, T, n_embd] instead of logits (for a task head).
+        hidden states [B, T, n_embd] instead of logits (for a task head). return_logits=False (with
+        labels) returns (None, loss) and never holds the [B, T, vocab] logits (see
+        layers.linear_cross_entropy): what training loops want.
         """
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, labels)
         if hidden and labels is not None:
             raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
         self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
         with bias_deltas(self, bias_delta):
-            return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache, hidden)
+            return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache,
+                                 hidden, return_logits)
 
-    def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache, hidden):
+    def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache, hidden,
+                 return_logits):
         B, T = input_ids.shape
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         n_prompt = 0 if prompt is None else prompt.shape[1]
@@ -233,12 +238,14 @@ class GPT(nn.Module):
         x = self.ln_f(x[:, n_prompt:])                                      # drop the prompt slots
         if hidden:
             return x
-        logits = F.linear(x, self.wte.weight)                               # tied head
         if labels is None:
-            return logits
+            return F.linear(x, self.wte.weight)                             # tied head
         # predict token t+1 at t: shift the labels, not the logits (no copy of [B, T, vocab])
-        targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-        return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        if not return_logits:
+            return None, linear_cross_entropy(x.reshape(B * T, -1), self.wte.weight, targets.reshape(-1))
+        logits = F.linear(x, self.wte.weight)
+        return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
 
     def _check_hook_masks(self, B, prefix, prompt, prefix_mask, prefix_start, prompt_mask):
         for name, m, hook in (("prefix_mask", prefix_mask, prefix), ("prompt_mask", prompt_mask, prompt)):

@@ -90,6 +90,58 @@ def linear(x, weight, bias=None):
     return y.view(*x.shape[:-1], n_out)
 
 
+IGNORE = -100  # label of positions without a loss (as in transformers)
+
+
+def linear_cross_entropy(x, weight, targets, *, chunk_elements=2 ** 26):
+    """Mean cross-entropy of the logits x @ weight.T against targets, without keeping the logits.
+
+    x [N, C], weight [vocab, C], targets [N] (IGNORE where no loss is wanted). The usual
+    F.cross_entropy(F.linear(x, weight), targets) keeps [N, vocab] logits, their log-softmax and,
+    in backward, a gradient of the same size (three times 103 MB for GPT-2 at 4 x 128 tokens,
+    4.9 GB at 8 x 1024). Here each chunk of rows (at most chunk_elements logits, 256 MB in fp32)
+    is turned into its loss and, when gradients are wanted, straight into d loss / d x and
+    d loss / d weight (softmax - one_hot, written over the chunk's logits); backward only rescales
+    them. Same loss and gradients as the usual pair, up to float rounding.
+    """
+    need_x = torch.is_grad_enabled() and x.requires_grad
+    need_w = torch.is_grad_enabled() and weight.requires_grad
+    return _LinearCrossEntropy.apply(x, weight, targets, need_x, need_w, max(1, chunk_elements // weight.shape[0]))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, targets, need_x, need_w, rows):
+        valid = targets != IGNORE
+        n_valid = valid.sum()
+        total = x.new_zeros((), dtype=torch.float32)
+        grad_x = torch.empty_like(x) if need_x else None       # every row written below
+        grad_w = torch.zeros_like(weight) if need_w else None
+        for start in range(0, x.shape[0], rows):
+            xc, keep = x[start:start + rows], valid[start:start + rows]
+            tc = targets[start:start + rows].clamp(min=0)                    # ignored rows: any id, masked below
+            logits = F.linear(xc, weight).float()                            # [n, vocab]
+            lse = torch.logsumexp(logits, dim=-1)                            # [n]
+            total += ((lse - logits.gather(1, tc[:, None])[:, 0]) * keep).sum()
+            if need_x or need_w:
+                grad = logits.sub_(lse[:, None]).exp_()                      # softmax, over the logits
+                grad.scatter_add_(1, tc[:, None], -keep[:, None].to(grad.dtype))  # - one_hot(target)
+                grad = grad.mul_(keep[:, None]).to(x.dtype)                  # ignored rows: no gradient
+                if need_x:
+                    grad_x[start:start + rows] = grad @ weight
+                if need_w:
+                    grad_w.addmm_(grad.t(), xc)
+        ctx.save_for_backward(grad_x, grad_w, n_valid)
+        return total / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w, n_valid = ctx.saved_tensors
+        scale = grad_loss / n_valid
+        return (None if grad_x is None else grad_x * scale.to(grad_x.dtype),
+                None if grad_w is None else grad_w * scale.to(grad_w.dtype), None, None, None, None)
+
+
 class Linear(BiasSlots):
     """y = x @ weight.T + bias, output split into parts {role: width}, each with its own bias slot,
     e.g. {"query": C, "key": C, "value": C} (GPT-2's fused c_attn) or {"mlp_in": 4C}."""

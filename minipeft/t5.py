@@ -46,8 +46,8 @@ from . import checkpoint, safetensors
 from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import decode
-from .layers import (KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, check_hook_tensor,
-                     check_ids, check_prefix, linear, merge_heads, split_heads)
+from .layers import (IGNORE, KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, check_hook_tensor,
+                     check_ids, check_prefix, linear, linear_cross_entropy, merge_heads, split_heads)
 
 PAD_ID = 0            # also the decoder's start token
 EOS_ID = 1
@@ -344,8 +344,8 @@ class T5(nn.Module):
 
     def forward(self, input_ids=None, decoder_input_ids=None, attention_mask=None, *, decoder_attention_mask=None,
                 prefix=None, prompt=None, bias_delta=None, prefix_mask=None, prompt_mask=None, labels=None,
-                encoder_out=None, cache=None, hidden=False):
-        """Logits [B, T_dec, vocab] aligned with decoder_input_ids; with labels also the mean loss.
+                encoder_out=None, cache=None, hidden=False, return_logits=True):
+        """Logits [B, T_dec, vocab] aligned with decoder_input_ids; with labels (logits, mean loss).
 
         input_ids [B, T] and attention_mask [B, T] (1 = real, 0 = padding) feed the encoder, or give
         encoder_out = encode(...)'s (hidden, mask) instead. decoder_input_ids [B, T_dec] default to
@@ -355,6 +355,7 @@ class T5(nn.Module):
         Hooks: prefix, prompt, bias_delta (see the module docstring); prefix_mask {site: [B or 1, P]}
         and prompt_mask [B or 1, P] for rows that use fewer slots (many tasks in one batch).
         hidden=True returns the decoder's final hidden states [B, T_dec, d_model] instead of logits.
+        return_logits=False (with labels) returns (None, loss) without holding the logits.
         """
         decoder_input_ids = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoder_input_ids,
                                                decoder_attention_mask, labels, encoder_out)
@@ -366,11 +367,14 @@ class T5(nn.Module):
                 encoder_out = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
                                            prefix_mask.get("encoder"), prompt_mask)
             enc_valid = encoder_out[1]
-            logits = self._decode(decoder_input_ids, decoder_attention_mask, enc_valid, self._cross_kv(encoder_out[0]), prefix,
-                                  cache, prefix_mask, hidden)
+            out = self._decode(decoder_input_ids, decoder_attention_mask, enc_valid, self._cross_kv(encoder_out[0]), prefix,
+                               cache, prefix_mask, hidden or (labels is not None and not return_logits))
         if labels is None:
-            return logits
-        return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+            return out
+        if not return_logits:                                               # out: hidden states
+            x, weight = self._head_input(out)
+            return None, linear_cross_entropy(x.reshape(-1, x.shape[-1]), weight, labels.reshape(-1))
+        return out, F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
 
     def encode(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None, prefix_mask=None,
                prompt_mask=None):
@@ -421,9 +425,13 @@ class T5(nn.Module):
             cache.advance(valid)
         if hidden:
             return h
+        return linear(*self._head_input(h))
+
+    def _head_input(self, h):
+        """(input, weight) of the LM head: v1.1 / FLAN have their own head; a tied head rescales first."""
         if self.lm_head is not None:
-            return linear(h, self.lm_head.weight)                          # v1.1 / FLAN: no rescaling
-        return linear(h * self.config.d_model ** -0.5, self.shared.weight)  # tied: rescale first
+            return h, self.lm_head.weight
+        return h * self.config.d_model ** -0.5, self.shared.weight
 
     def _check_inputs(self, input_ids, attention_mask, prefix, prompt, decoder_input_ids=None,
                       decoder_attention_mask=None, labels=None, encoder_out=None, *, decoding=True):

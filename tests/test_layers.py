@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from minipeft import GPT, GPTConfig
-from minipeft.layers import linear
+from minipeft.layers import linear, linear_cross_entropy
 
 
 @contextlib.contextmanager
@@ -61,3 +61,76 @@ def test_cached_generation_on_the_split_path_equals_recompute():
             for _ in range(8):
                 seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(got, seq)
+
+
+# ---- the loss without logits -----------------------------------------------------------------------
+
+def _usual(x, weight, targets):
+    return F.cross_entropy(F.linear(x, weight), targets, ignore_index=-100)
+
+
+@pytest.mark.parametrize("chunk_elements", [2 ** 26, 97 * 5, 1])  # one chunk, chunks of 5 rows, one row each
+@pytest.mark.parametrize("need", ["x", "weight", "both"])
+def test_linear_cross_entropy_equals_the_usual_pair(chunk_elements, need):
+    torch.manual_seed(0)
+    targets = torch.randint(0, 97, (23,))
+    targets[[0, 7, 8, 22]] = -100
+    grads = []
+    for fused in (True, False):
+        x = torch.randn(23, 16, requires_grad=need in ("x", "both"))
+        weight = torch.randn(97, 16, requires_grad=need in ("weight", "both"))
+        with torch.no_grad():
+            torch.manual_seed(1)
+            x.copy_(torch.randn(23, 16))
+            weight.copy_(torch.randn(97, 16))
+        loss = linear_cross_entropy(x, weight, targets, chunk_elements=chunk_elements) if fused else _usual(x, weight, targets)
+        (3.0 * loss).backward()  # a scale on the way back, as a loss weight would give
+        grads.append((loss.detach(), x.grad, weight.grad))
+    (loss_f, gx_f, gw_f), (loss_u, gx_u, gw_u) = grads
+    torch.testing.assert_close(loss_f, loss_u, rtol=1e-6, atol=1e-6)
+    for got, want in ((gx_f, gx_u), (gw_f, gw_u)):
+        assert (got is None) == (want is None)
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_cross_entropy_without_gradients_and_with_nothing_to_score():
+    torch.manual_seed(0)
+    x, weight = torch.randn(6, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    targets = torch.randint(0, 11, (6,))
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(x, weight, targets), _usual(x, weight, targets))
+    none = torch.full((6,), -100)
+    assert linear_cross_entropy(x, weight, none).isnan() and _usual(x, weight, none).isnan()  # 0 / 0, as the usual mean
+
+
+@pytest.mark.parametrize("model_kind", ["gpt", "t5 tied", "t5 untied"])
+@pytest.mark.parametrize("method", ["full", "prompt"])
+def test_models_give_the_same_loss_and_gradients_without_logits(model_kind, method):
+    """forward(labels=..., return_logits=False) == the logits path: loss, and every trainable
+    parameter's gradient (the tied embedding included: its head and lookup parts add up)."""
+    from minipeft import PromptTuning
+    from tests.methods_common import tiny_gpt, tiny_t5, toy_batch, toy_labels, toy_seq2seq
+    if model_kind == "gpt":
+        model = tiny_gpt()
+        ids = toy_batch(61)
+        kw = dict(labels=toy_labels(ids))
+    else:
+        model = tiny_t5(tie_word_embeddings=model_kind == "t5 tied")
+        ids, labels = toy_seq2seq(61)
+        labels[0, 3:] = -100
+        kw = dict(labels=labels)
+    module = model if method == "full" else PromptTuning(model, 3)
+    module.train()
+    results = []
+    for return_logits in (True, False):
+        module.zero_grad(set_to_none=True)
+        logits, loss = module(ids, return_logits=return_logits, **kw)
+        assert (logits is None) != return_logits
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-6, msg=name)
