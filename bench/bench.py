@@ -263,6 +263,23 @@ def train_steps(kind, ours, ref, size, device):
     return {"minipeft": step(call_ours, opt_ours, "minipeft"), "reference": step(call_ref, opt_ref, "reference")}, losses
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm")
+
+
+def matmul_share(fn, device):
+    """Fraction of one call's CPU time spent inside matrix products (torch profiler, self time).
+    Both implementations call the same BLAS for them, so the share shows how much of a step a
+    rewrite of everything else could save at most. CPU only (None on CUDA)."""
+    if device != "cpu":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / total if total else None
+
+
 def median_ms(xs):
     return 1000 * statistics.median(xs)
 
@@ -285,6 +302,7 @@ def bench_train(folder, size, device, steps, warmup, log):
         trainable[method] = {"minipeft": n_trainable(ours), "reference": n_trainable(ref)}
         fns.update({(method, impl): fn for impl, fn in step.items()})
     times = Timer(device).run(fns, steps, warmup)
+    shares = {key: matmul_share(fn, device) for key, fn in fns.items()}
     out = {}
     for method in METHODS:
         mine = {impl: times[(method, impl)] for impl in ("minipeft", "reference")}
@@ -293,6 +311,7 @@ def bench_train(folder, size, device, steps, warmup, log):
                        "reference_samples_ms": [1000 * t for t in mine["reference"]],
                        "paired_ratio": paired_ratio(mine),
                        "paired_ratio_to_full": paired_ratio({"minipeft": mine["minipeft"], "reference": times[("full", "minipeft")]}),
+                       "matmul_share_minipeft": shares[(method, "minipeft")], "matmul_share_reference": shares[(method, "reference")],
                        "trainable_minipeft": trainable[method]["minipeft"], "trainable_reference": trainable[method]["reference"],
                        "first_loss_minipeft": losses[method]["minipeft"][0], "first_loss_reference": losses[method]["reference"][0]}
         log(f"train {method}: minipeft {out[method]['minipeft_ms']:.0f} ms, reference {out[method]['reference_ms']:.0f} ms")
@@ -308,6 +327,8 @@ def bench_t5(folder, size, device, steps, warmup, log):
     fns, losses = train_steps("t5", ours, ref, size, device)
     times = Timer(device).run(fns, steps, warmup)
     out = {"minipeft_ms": median_ms(times["minipeft"]), "reference_ms": median_ms(times["reference"]),
+           "matmul_share_minipeft": matmul_share(fns["minipeft"], device),
+           "matmul_share_reference": matmul_share(fns["reference"], device),
            "minipeft_samples_ms": [1000 * t for t in times["minipeft"]],
            "reference_samples_ms": [1000 * t for t in times["reference"]],
            "paired_ratio": paired_ratio(times),
@@ -382,6 +403,12 @@ def bench_generation(folder, size, device, steps, warmup, log):
                      "new_tokens_reference": got_ref[0].shape[1] - ids.shape[1],
                      "same_tokens": bool(torch.equal(got_ours[0].cpu(), got_ref[0].cpu())),
                      "same_leading_tokens": int((got_ours[0] != got_ref[0]).int().cumsum(1).eq(0).sum()) - ids.shape[1]}
+        with torch.no_grad(), autocast(device):  # the first new token by each side's own forward pass
+            first_ours = int(ours(ids)[0, -1].argmax())
+            first_ref = int(ref(input_ids=ids, attention_mask=mask).logits[0, -1].argmax())
+        out[case].update(first_token_forward_minipeft=first_ours, first_token_forward_reference=first_ref,
+                         minipeft_generate_agrees_with_forward=int(got_ours[0][0, ids.shape[1]]) == first_ours,
+                         reference_generate_agrees_with_forward=int(got_ref[0][0, ids.shape[1]]) == first_ref)
         log(f"generate {case}: minipeft {ours_tps:.1f} tok/s, reference {ref_tps:.1f} tok/s")
     bandwidth += copy_bandwidth(s["copy_mb"], device)
     bound = statistics.median(bandwidth) / param_bytes  # tokens/s if each token read every weight once at copy speed
@@ -599,11 +626,32 @@ def markdown(results):
         lines.append(f"| {r['what']} | {fmt(r['minipeft'], r['unit'])} | {fmt(r['reference'], r['unit'])} | {r['ratio']:.2f} | "
                      f"{r['target']} | {'PASS' if r['pass'] else 'MISS'} |")
     lines += ["", LEGEND]
+    shares = [(f"train step, {NAMES[m]}", t) for m, t in (results.get("train") or {}).items()]
+    shares += [(f"T5 train step, prompt (P={N_PROMPT})", results["t5"])] if results.get("t5") else []
+    shares = [(what, t) for what, t in shares if t.get("matmul_share_minipeft") is not None]
+    if shares:
+        lines += ["", "Where the time goes (torch profiler, one step each): matrix products are the same BLAS calls on both "
+                      "sides, so minipeft's step cannot be shorter than its own matrix products; the last column is that "
+                      "floor over the reference's step.", "",
+                  "| step | minipeft: matrix products | reference: matrix products | lowest possible ratio |", "|---|---:|---:|---:|"]
+        for what, t in shares:
+            ours_mm = t["matmul_share_minipeft"] * t["minipeft_ms"]
+            ref_mm = t["matmul_share_reference"] * t["reference_ms"]
+            lines.append(f"| {what} | {fmt(ours_mm, 'ms')} ({t['matmul_share_minipeft']:.0%}) | "
+                         f"{fmt(ref_mm, 'ms')} ({t['matmul_share_reference']:.0%}) | {ours_mm / t['reference_ms']:.2f} |")
     gen = results.get("generation")
     if gen:
         lines += ["", f"Bandwidth bound: {gen['param_bytes'] / 1e6:,.1f} MB of parameters read per token / "
                       f"{gen['copy_bandwidth_gb_s']:.1f} GB/s copy bandwidth (read + written, {results['config']['shapes']['copy_mb']} MB "
                       f"tensor copy) = {gen['bound_tokens_per_s']:.1f} tokens/s."]
+        for case in ("plain", "prefix"):
+            g = gen[case]
+            if not g.get("same_tokens", True):
+                lines += ["", f"Generation ({case}): the two sides' tokens differ from new token "
+                              f"{g['same_leading_tokens'] + 1} on. First new token by each side's own forward pass: "
+                              f"minipeft {g['first_token_forward_minipeft']}, reference {g['first_token_forward_reference']}; "
+                              f"minipeft's generate agrees with its forward: {g['minipeft_generate_agrees_with_forward']}, "
+                              f"the reference's generate with its forward: {g['reference_generate_agrees_with_forward']}."]
     return "\n".join(lines)
 
 
