@@ -45,11 +45,26 @@ def test_table_has_every_row(tiny_run):
     lines = stdout.splitlines()
     assert any(line.startswith("Machine: ") and "torch" in line and "threads" in line for line in lines)
     assert "| what | minipeft | reference | ratio | target | result |" in lines
-    body = [line for line in lines if line.startswith("| ") and not line.startswith("| what")]
+    start = lines.index("| what | minipeft | reference | ratio | target | result |") + 2
+    body = lines[start:lines.index("", start)]
     assert [line.split(" | ")[0].removeprefix("| ") for line in body] == ROWS
     for line in body:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert len(cells) == 6 and cells[5] in ("PASS", "MISS"), line
+
+
+def test_matrix_product_floor_table(tiny_run):
+    """Each training step's share of time in matrix products, and the floor it sets on the ratio."""
+    stdout, results = tiny_run
+    lines = stdout.splitlines()
+    start = lines.index("| step | minipeft: matrix products | reference: matrix products | lowest possible ratio |") + 2
+    body = lines[start:start + 5]
+    assert [line.split(" | ")[0].removeprefix("| ") for line in body] == ROWS[:4] + ROWS[-1:]
+    for t in [*results["train"].values(), results["t5"]]:
+        assert 0 < t["matmul_share_minipeft"] < 1 and 0 < t["matmul_share_reference"] < 1
+    floor = float(body[0].rstrip(" |").rsplit("|", 1)[1])
+    full = results["train"]["full"]
+    assert floor == pytest.approx(full["matmul_share_minipeft"] * full["minipeft_ms"] / full["reference_ms"], abs=0.006)
 
 
 def test_json_has_the_expected_keys(tiny_run):
