@@ -120,11 +120,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, x.shape[0], rows):
             xc, keep = x[start:start + rows], valid[start:start + rows]
             tc = targets[start:start + rows].clamp(min=0)                    # ignored rows: any id, masked below
-            logits = F.linear(xc, weight).float()                            # [n, vocab]
-            lse = torch.logsumexp(logits, dim=-1)                            # [n]
-            total += ((lse - logits.gather(1, tc[:, None])[:, 0]) * keep).sum()
+            logp = torch.log_softmax(F.linear(xc, weight).float(), dim=-1)  # [n, vocab]; the logits are freed
+            total -= (logp.gather(1, tc[:, None])[:, 0] * keep).sum()
             if need_x or need_w:
-                grad = logits.sub_(lse[:, None]).exp_()                      # softmax, over the logits
+                grad = logp.exp_()                                           # softmax, over the log-softmax
                 grad.scatter_add_(1, tc[:, None], -keep[:, None].to(grad.dtype))  # - one_hot(target)
                 grad = grad.mul_(keep[:, None]).to(x.dtype)                  # ignored rows: no gradient
                 if need_x:
