@@ -134,3 +134,23 @@ def test_models_give_the_same_loss_and_gradients_without_logits(model_kind, meth
     assert grads_a.keys() == grads_b.keys() and grads_a
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_loss_without_logits_under_bf16_autocast():
+    """Under autocast the head's product runs in bf16; the loss is still fp32, and loss and gradients
+    agree with the logits path to bf16 rounding."""
+    from tests.methods_common import tiny_gpt, toy_batch
+    model = tiny_gpt().train()
+    ids = toy_batch(61)
+    results = []
+    for return_logits in (True, False):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(ids, labels=ids, return_logits=return_logits)
+        loss.backward()
+        results.append((loss.detach(), model.wte.weight.grad.clone(), model.h[0].attn.c_attn.weight.grad.clone()))
+    (loss_a, *grads_a), (loss_b, *grads_b) = results
+    assert loss_b.dtype == torch.float32
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-3, atol=0)
+    for a, b in zip(grads_a, grads_b):
+        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
