@@ -37,7 +37,7 @@ from minipeft.corpus import default_corpus
 from minipeft.tasks import SENTIMENT_LABELS, e2e, sentiment
 from minipeft.textdata import read_text
 from minipeft.tokenizer import CharTokenizer
-from minipeft.train import resolve_device
+from minipeft.train import check_run_args
 
 STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
@@ -87,28 +87,11 @@ def check_args(parser, args):
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.block_size < 2:
         parser.error(f"--block-size must be at least 2 (one character to read, one to predict), got {args.block_size}")
-    if not args.lr > 0:
-        parser.error(f"--lr must be positive, got {args.lr}")
-    if args.warmup is not None and args.warmup < 0:
-        parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.sample_length < 0:
         parser.error(f"--sample-length must be >= 0, got {args.sample_length}")
-    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
-        parser.error(f"--stop-at must be between 1 and --steps ({args.steps}), got {args.stop_at}")
     if args.block_size > GPTConfig.named("char").n_positions:
         parser.error(f"--block-size {args.block_size} exceeds the model's context of {GPTConfig.named('char').n_positions}")
-    if args.data is not None and not os.path.isfile(args.data):
-        parser.error(f"--data {args.data}: no such file")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        parser.error(f"--out {args.out} is a file; give a folder for the checkpoint")
-    if args.resume and not os.path.isfile(os.path.join(args.out, STATE_FILE)):
-        parser.error(f"--resume: no checkpoint in {args.out} (expected {os.path.join(args.out, STATE_FILE)})")
-    if not 0 <= args.seed < 2**32:
-        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
-    try:
-        resolve_device(args.device)
-    except MiniPeftError as e:
-        parser.error(f"--device: {e}")
+    check_run_args(parser, args, STATE_FILE)
     methods = ft.METHODS if args.method == "all" else () if args.method == "none" else tuple(args.method.split(","))
     unknown = [m for m in methods if m not in ft.METHODS]
     if unknown:

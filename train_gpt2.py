@@ -38,7 +38,7 @@ from minipeft.bitfit import TERMS
 from minipeft.textdata import collate, load_examples, pair_examples, split
 from minipeft.tasks import e2e
 from minipeft.tokenizer import gpt2_tokenizer
-from minipeft.train import load_training_state, make_optimizer, resolve_device, save_training_state
+from minipeft.train import check_run_args, load_training_state, make_optimizer, save_training_state
 
 STATE_FILE = "state.pt"
 ADAPTER_FILE = "adapter.safetensors"
@@ -112,31 +112,10 @@ def check_args(parser, args):
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.max_length is not None and args.max_length < 2:
         parser.error(f"--max-length must be at least 2 (one token to read, one to predict), got {args.max_length}")
-    if args.lr is not None and not 0 < args.lr < float("inf"):
-        parser.error(f"--lr must be a positive number, got {args.lr}")
-    if args.warmup is not None and args.warmup < 0:
-        parser.error(f"--warmup must be >= 0, got {args.warmup}")
-    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
-        parser.error(f"--stop-at must be between 1 and --steps ({args.steps}), got {args.stop_at}")
-    if not 0 <= args.seed < 2**32:
-        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
-    if args.data is not None and not os.path.isfile(args.data):
-        parser.error(f"--data {args.data}: no such file")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        parser.error(f"--out {args.out} is a file; give a folder")
-    if args.resume and not os.path.isfile(os.path.join(args.out, STATE_FILE)):
-        parser.error(f"--resume: no {STATE_FILE} in {args.out}")
-    check_device(parser, args.device)
+    check_run_args(parser, args, STATE_FILE)
     args.lr = args.lr or DEFAULT_LR[args.method]
     args.warmup = args.steps // 20 if args.warmup is None else args.warmup
     return args
-
-
-def check_device(parser, name):
-    try:
-        resolve_device(name)
-    except MiniPeftError as e:
-        parser.error(f"--device: {e}")
 
 
 # ---- model, method, data ----------------------------------------------------------------------------

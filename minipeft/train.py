@@ -72,3 +72,28 @@ def load_training_state(path, module, optimizer):
     optimizer.load_state_dict(saved["optimizer"])
     torch.set_rng_state(saved["torch_rng"])
     return saved
+
+
+def check_run_args(parser, args, state_file):
+    """The arguments both training scripts share: --lr, --warmup, --stop-at, --seed, --data, --out,
+    --resume (state_file inside --out), --device. A bad one ends the run with one clear line
+    (parser.error: status 2), before anything is loaded."""
+    import os
+    if args.lr is not None and not 0 < args.lr < float("inf"):
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    if args.warmup is not None and args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
+        parser.error(f"--stop-at must be between 1 and --steps ({args.steps}), got {args.stop_at}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
+    if args.data is not None and not os.path.isfile(args.data):
+        parser.error(f"--data {args.data}: no such file")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a file; give a folder")
+    if args.resume and not os.path.isfile(os.path.join(args.out, state_file)):
+        parser.error(f"--resume: no checkpoint in {args.out} (expected {os.path.join(args.out, state_file)})")
+    try:
+        resolve_device(args.device)
+    except MiniPeftError as e:
+        parser.error(f"--device: {e}")

@@ -113,7 +113,7 @@ def bad_argument_cases(tmp_path):
         (["--steps", "-3"], "--steps must be a positive integer"),
         (["--batch-size", "0"], "--batch-size must be a positive integer"),
         (["--block-size", "1000"], "exceeds the model's context"),
-        (["--lr", "0"], "--lr must be positive"),
+        (["--lr", "0"], "--lr must be a positive number"),
         (["--stop-at", "900", "--steps", "10"], "--stop-at must be between 1 and --steps"),
         (["--resume", "--out", str(tmp_path / "nothing")], "no checkpoint"),
         (["--out", str(tmp_path / "a_file")], "is a file"),

@@ -227,7 +227,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, capsys):
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--max-length", "1000"], "exceeds the model's context of 64"),
     (["--method", "bitfit", "--terms", "query,bogus"], "unknown BitFit term"),
-    (["--resume"], "no state.pt"),
+    (["--resume"], "no checkpoint in"),
     (["--no-truncate", "--max-length", "8"], "longer than max_length 8"),
     (["--device", "nonsense"], "not a torch device"),
     (["--stop-at", "9"], "--stop-at must be between 1 and --steps"),
