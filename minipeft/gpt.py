@@ -120,6 +120,17 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class _KeepKeysValues:
+    """Stands in for a KVCache in one pass: keeps each layer's keys/values as computed (gradients included)."""
+
+    def __init__(self):
+        self.pairs = []
+
+    def update(self, layer, k, v):
+        self.pairs.append((k, v))
+        return k, v
+
+
 class GPT(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -186,9 +197,42 @@ class GPT(nn.Module):
         if hidden and labels is not None:
             raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
         self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
+        row_biases = bool(bias_delta) and any(d.dim() == 2 for d in bias_delta.values())
         with bias_deltas(self, bias_delta):
+            if self._prompt_is_shared(B, T, prompt, prompt_mask, prefix, prefix_mask, prefix_start, cache, row_biases):
+                prefix, prompt = self._prompt_as_prefix(prompt, prefix), None
             return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache,
                                  hidden, return_logits)
+
+    def _prompt_is_shared(self, B, T, prompt, prompt_mask, prefix, prefix_mask, prefix_start, cache, row_biases):
+        """True when one prompt's states serve every row (see _prompt_as_prefix): several rows, one
+        prompt and at most one prefix for all, no per-row slot masks, infix or biases, no cache, no
+        dropout drawing a different mask per row, and everything within the context (else the plain
+        path raises the clear error)."""
+        if B == 1 or prompt is None or prompt.shape[0] != 1 or prompt_mask is not None or cache is not None:
+            return False
+        if prefix_mask is not None or prefix_start is not None or row_biases or (self.training and self.config.dropout > 0):
+            return False
+        n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
+        return (prefix is None or prefix[0][0].shape[0] == 1) and n_prefix + prompt.shape[1] + T <= self.config.n_positions
+
+    def _prompt_as_prefix(self, prompt, prefix):
+        """A prompt [1, P, C] shared by every row, run once: [(key, value)] per layer of [prefix; prompt].
+
+        In a causal model the prompt slots come first and see only the prefix and each other, so
+        their hidden states are the same in every row. Computing them once at batch 1 and giving the
+        tokens their keys/values as a prefix yields the same outputs and gradients as prepending the
+        prompt to each of the B rows, without B - 1 copies of its work (P of every P + T positions).
+        """
+        P, n_prefix = prompt.shape[1], 0 if prefix is None else prefix[0][0].shape[2]
+        x = self.drop(prompt + self.wpe(torch.arange(n_prefix, n_prefix + P, device=prompt.device)))  # [1, P, C]
+        mask = None if prefix is None else build_mask(torch.ones(1, P, dtype=torch.bool, device=prompt.device), P, n_prefix=n_prefix)
+        keep = _KeepKeysValues()
+        for i, block in enumerate(self.h):
+            x = block(x, mask, prefix is None, None if prefix is None else prefix[i], keep, i)
+        if prefix is None:
+            return keep.pairs
+        return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(prefix, keep.pairs)]
 
     def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache, hidden,
                  return_logits):

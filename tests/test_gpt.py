@@ -320,3 +320,44 @@ def test_too_long_for_the_context_counts_prefix_and_prompt():
     model(ids)  # 45 tokens fit in 48
     with pytest.raises(MiniPeftError, match="needs position 48 but the context is 48 \\(prefix 2 \\+ prompt 2"):
         model(ids, prefix=prefix, prompt=torch.zeros(1, 2, 32))
+
+
+@pytest.mark.parametrize("case", ["plain", "padding", "with prefix", "labels", "dropout in eval"])
+def test_shared_prompt_run_once_equals_the_prompt_in_every_row(case):
+    """A [1, P, C] prompt is run once and handed to the rows as a prefix of its keys/values; the same
+    prompt given per row ([B, P, C]) takes the plain path. Outputs and gradients must agree."""
+    model = _tiny(dropout=0.1 if case == "dropout in eval" else 0.0)
+    torch.manual_seed(3)
+    ids = torch.randint(0, TINY["vocab_size"], (3, 7))
+    kw = {}
+    if case == "padding":
+        kw["attention_mask"] = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]])
+    if case == "with prefix":
+        kw["prefix"] = [(torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8)) for _ in range(TINY["n_layer"])]
+    if case == "labels":
+        kw["labels"] = ids
+    real = kw.get("attention_mask", torch.ones_like(ids))[..., None]  # padding positions' outputs mean nothing
+    outs, grads = [], []
+    for per_row in (False, True):
+        prompt = torch.randn(1, 5, TINY["n_embd"], generator=torch.Generator().manual_seed(4)).requires_grad_()
+        out = model(ids, prompt=prompt.expand(3, -1, -1) if per_row else prompt, **kw)
+        value = out[1] if case == "labels" else (out * real * torch.linspace(-1, 1, out.shape[-1])).sum()
+        value.backward()
+        outs.append(out[1].detach() if case == "labels" else out.detach() * real)
+        grads.append(prompt.grad)
+    assert (outs[0] - outs[1]).abs().max() < 1e-5
+    assert (grads[0] - grads[1]).abs().max() < 1e-5 * max(1.0, grads[1].abs().max().item())
+    assert grads[0].abs().max() > 0
+
+
+def test_shared_prompt_takes_the_run_once_path():
+    """The shared path runs the blocks once on the P prompt slots and once on the T tokens: the rows
+    never carry the prompt (so a [3, 7] batch never reaches a block as [3, 12, C])."""
+    model = _tiny()
+    seen = []
+    hook = model.h[0].register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        model(torch.randint(0, TINY["vocab_size"], (3, 7)), prompt=torch.randn(1, 5, TINY["n_embd"]))
+        model(torch.randint(0, TINY["vocab_size"], (3, 7)), prompt=torch.randn(3, 5, TINY["n_embd"]))
+    hook.remove()
+    assert seen == [(1, 5, TINY["n_embd"]), (3, 7, TINY["n_embd"]), (3, 12, TINY["n_embd"])]
