@@ -24,8 +24,8 @@ from . import checkpoint, safetensors
 from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import decode
-from .layers import (IGNORE, KVCache, LayerNorm, Linear, attend, linear, linear_cross_entropy, bias_deltas, build_mask, check_hook_tensor, check_ids,
-                     check_prefix, merge_heads, split_heads)
+from .layers import (IGNORE, KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, check_hook_tensor, check_ids,
+                     check_labels, check_prefix, linear, linear_cross_entropy, merge_heads, split_heads)
 
 
 @dataclass
@@ -196,25 +196,36 @@ class GPT(nn.Module):
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, labels)
         if hidden and labels is not None:
             raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
+        if not return_logits and labels is None:
+            raise MiniPeftError("return_logits=False is for training with labels (it returns only the loss); give labels")
         self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
-        row_biases = bool(bias_delta) and any(d.dim() == 2 for d in bias_delta.values())
+        hooks = dict(prefix=prefix, prompt=prompt, bias_delta=bias_delta, prefix_mask=prefix_mask, prefix_start=prefix_start,
+                     prompt_mask=prompt_mask)
         with bias_deltas(self, bias_delta):
-            if self._prompt_is_shared(B, T, prompt, prompt_mask, prefix, prefix_mask, prefix_start, cache, row_biases):
+            if self._prompt_is_shared(input_ids, attention_mask, cache, **hooks):
                 prefix, prompt = self._prompt_as_prefix(prompt, prefix), None
             return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache,
                                  hidden, return_logits)
 
-    def _prompt_is_shared(self, B, T, prompt, prompt_mask, prefix, prefix_mask, prefix_start, cache, row_biases):
+    def _prompt_is_shared(self, input_ids, attention_mask, cache, *, prefix, prompt, bias_delta, prefix_mask, prefix_start,
+                          prompt_mask):
         """True when one prompt's states serve every row (see _prompt_as_prefix): several rows, one
-        prompt and at most one prefix for all, no per-row slot masks, infix or biases, no cache, no
-        dropout drawing a different mask per row, and everything within the context (else the plain
-        path raises the clear error)."""
+        prompt and at most one prefix for all, no left padding (a leading pad takes its position
+        after the prompt slots), no per-row slot masks, infix or biases, no cache, no dropout drawing
+        a different mask per row, and everything within the context (else the plain path raises
+        the clear error)."""
+        B, T = input_ids.shape
         if B == 1 or prompt is None or prompt.shape[0] != 1 or prompt_mask is not None or cache is not None:
             return False
-        if prefix_mask is not None or prefix_start is not None or row_biases or (self.training and self.config.dropout > 0):
+        if prefix_mask is not None or prefix_start is not None or (self.training and self.config.dropout > 0):
+            return False
+        if (attention_mask is not None and not bool(attention_mask[:, 0].all())) or \
+                (bias_delta and any(d.dim() == 2 for d in bias_delta.values())):
+            return False
+        if prefix is not None and any(t.shape[0] != 1 for pair in prefix for t in pair):
             return False
         n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
-        return (prefix is None or prefix[0][0].shape[0] == 1) and n_prefix + prompt.shape[1] + T <= self.config.n_positions
+        return n_prefix + prompt.shape[1] + T <= self.config.n_positions
 
     def _prompt_as_prefix(self, prompt, prefix):
         """A prompt [1, P, C] shared by every row, run once: [(key, value)] per layer of [prefix; prompt].
@@ -310,9 +321,10 @@ class GPT(nn.Module):
     def _check_inputs(self, input_ids, attention_mask, prefix, prompt, labels):
         cfg = self.config
         B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
-        for name, t in (("attention_mask", attention_mask), ("labels", labels)):
-            if t is not None and tuple(t.shape) != (B, T):
-                raise MiniPeftError(f"{name} must have the shape of input_ids {[B, T]}; got {list(t.shape)}")
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
+            raise MiniPeftError(f"attention_mask must have the shape of input_ids {[B, T]}; got {list(attention_mask.shape)}")
+        if labels is not None:
+            check_labels(labels, (B, T), cfg.vocab_size)
         device, dtype = self.wte.weight.device, self.wte.weight.dtype
         if prompt is not None:
             check_hook_tensor("prompt", prompt, (B, None, cfg.n_embd), device, dtype)

@@ -76,9 +76,9 @@ def linear(x, weight, bias=None):
     computes the same dot products 1.3-2x faster (measured here for 1 to 64 rows, 2 threads).
     """
     k, (n_out, n_in) = torch.get_num_threads(), weight.shape
-    rows = x.numel() // n_in
-    if x.device.type != "cpu" or k < 2 or rows > 64 or n_out < 64 * k:
+    if x.device.type != "cpu" or k < 2 or x.shape[-1] != n_in or x.numel() > 64 * n_in or n_out < 64 * k:
         return F.linear(x, weight, bias)
+    rows = x.numel() // n_in
     per = n_out // k                                                   # k blocks of `per` outputs, remainder apart
     blocks = weight[:k * per].view(k, per, n_in).transpose(1, 2)       # [k, n_in, per]
     y = torch.bmm(x.reshape(1, rows, n_in).expand(k, rows, n_in), blocks)  # [k, rows, per]
@@ -86,7 +86,7 @@ def linear(x, weight, bias=None):
     if k * per < n_out:
         y = torch.cat([y, F.linear(x.reshape(rows, n_in), weight[k * per:])], dim=1)
     if bias is not None:
-        y = y + bias
+        y = y + bias.to(y.dtype)                                       # autocast: stay in bf16, as F.linear does
     return y.view(*x.shape[:-1], n_out)
 
 
@@ -102,14 +102,20 @@ def linear_cross_entropy(x, weight, targets, *, chunk_elements=2 ** 26):
     4.9 GB at 8 x 1024). Here each chunk of rows (at most chunk_elements logits, 256 MB in fp32)
     is turned into its loss and, when gradients are wanted, straight into d loss / d x and
     d loss / d weight (softmax - one_hot, written over the chunk's logits); backward only rescales
-    them. Same loss and gradients as the usual pair, up to float rounding.
+    them. Same loss and gradients as the usual pair, up to float rounding (first order only: no
+    double backward).
     """
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or targets.shape != (x.shape[0],):
+        raise MiniPeftError(f"linear_cross_entropy needs x [N, C], weight [vocab, C] and targets [N]; got "
+                            f"{list(x.shape)}, {list(weight.shape)} and {list(targets.shape)}")
     need_x = torch.is_grad_enabled() and x.requires_grad
     need_w = torch.is_grad_enabled() and weight.requires_grad
     return _LinearCrossEntropy.apply(x, weight, targets, need_x, need_w, max(1, chunk_elements // weight.shape[0]))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
+    """forward computes the summed loss and its gradients; backward only scales them by grad / n_valid."""
+
     @staticmethod
     def forward(ctx, x, weight, targets, need_x, need_w, rows):
         valid = targets != IGNORE
@@ -129,14 +135,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_x:
                     grad_x[start:start + rows] = grad @ weight
                 if need_w:
-                    grad_w.addmm_(grad.t(), xc)
-        ctx.save_for_backward(grad_x, grad_w, n_valid)
+                    grad_w.addmm_(grad.t().to(grad_w.dtype), xc.to(grad_w.dtype))
+        ctx.save_for_backward(grad_x, grad_w, n_valid, weight)  # weight: so that editing it in place before backward is an error
         return total / n_valid
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        grad_x, grad_w, n_valid = ctx.saved_tensors
-        scale = grad_loss / n_valid
+        grad_x, grad_w, n_valid, _ = ctx.saved_tensors
+        scale = grad_loss / n_valid.clamp(min=1)  # nothing to score: zero gradients, as F.cross_entropy gives
         return (None if grad_x is None else grad_x * scale.to(grad_x.dtype),
                 None if grad_w is None else grad_w * scale.to(grad_w.dtype), None, None, None, None)
 
@@ -151,7 +158,7 @@ class Linear(BiasSlots):
         self._init_slots(parts, bias)
 
     def forward(self, x):
-        y = linear(x, self.weight, self.full_bias())  # one addmm, bias slots included
+        y = linear(x, self.weight, self.full_bias())  # bias slots included in the product's call
         rows = self.row_delta()
         return y if rows is None else y + rows
 
@@ -331,6 +338,15 @@ def check_ids(name, ids, vocab_size):
     if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
         raise MiniPeftError(f"{name}: token ids must be in [0, {vocab_size}); got min {int(ids.min())}, max {int(ids.max())}")
     return B, T
+
+
+def check_labels(labels, shape, vocab_size):
+    """A torch.long tensor of the given shape holding token ids in [0, vocab_size) or IGNORE."""
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.long or tuple(labels.shape) != tuple(shape):
+        got = f"{labels.dtype} tensor of shape {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise MiniPeftError(f"labels must be a torch.long tensor of shape {list(shape)} ({IGNORE} where no loss is wanted); got {got}")
+    if bool(((labels != IGNORE) & ((labels < 0) | (labels >= vocab_size))).any()):
+        raise MiniPeftError(f"labels must be {IGNORE} or token ids in [0, {vocab_size})")
 
 
 def check_hook_tensor(name, t, shape, device, dtype):

@@ -47,7 +47,7 @@ from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import decode
 from .layers import (IGNORE, KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, check_hook_tensor,
-                     check_ids, check_prefix, linear, linear_cross_entropy, merge_heads, split_heads)
+                     check_ids, check_labels, check_prefix, linear, linear_cross_entropy, merge_heads, split_heads)
 
 PAD_ID = 0            # also the decoder's start token
 EOS_ID = 1
@@ -362,6 +362,8 @@ class T5(nn.Module):
         prefix, prefix_mask = prefix or {}, self._check_hook_masks(prefix, prefix_mask, prompt, prompt_mask)
         if hidden and labels is not None:
             raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
+        if not return_logits and labels is None:
+            raise MiniPeftError("return_logits=False is for training with labels (it returns only the loss); give labels")
         with bias_deltas(self, bias_delta):
             if encoder_out is None:
                 encoder_out = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
@@ -469,10 +471,9 @@ class T5(nn.Module):
         if not decoding:
             return None
         if labels is not None:
-            if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.dtype != torch.long:
+            if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
                 raise MiniPeftError("labels must be a 2-D torch.long tensor [batch, seq] (-100 where no loss is wanted)")
-            if bool(((labels != -100) & ((labels < 0) | (labels >= cfg.vocab_size))).any()):
-                raise MiniPeftError(f"labels must be -100 or token ids in [0, {cfg.vocab_size})")
+            check_labels(labels, labels.shape, cfg.vocab_size)
             if decoder_input_ids is None:
                 decoder_input_ids = shift_right(labels)
         if decoder_input_ids is None:

@@ -4,6 +4,8 @@ Works for an adapter (its own tensors only: the frozen base model is not copied)
 model (full fine-tuning). Writes are atomic: a crash mid-save leaves the previous file intact.
 """
 
+import os
+
 import torch
 
 from .adapter import Adapter
@@ -78,7 +80,6 @@ def check_run_args(parser, args, state_file):
     """The arguments both training scripts share: --lr, --warmup, --stop-at, --seed, --data, --out,
     --resume (state_file inside --out), --device. A bad one ends the run with one clear line
     (parser.error: status 2), before anything is loaded."""
-    import os
     if args.lr is not None and not 0 < args.lr < float("inf"):
         parser.error(f"--lr must be a positive number, got {args.lr}")
     if args.warmup is not None and args.warmup < 0:

@@ -322,7 +322,8 @@ def test_too_long_for_the_context_counts_prefix_and_prompt():
         model(ids, prefix=prefix, prompt=torch.zeros(1, 2, 32))
 
 
-@pytest.mark.parametrize("case", ["plain", "padding", "with prefix", "labels", "dropout in eval"])
+@pytest.mark.parametrize("case", ["plain", "padding", "left padding and labels", "with prefix", "prefix value per row",
+                                  "labels", "dropout in eval"])
 def test_shared_prompt_run_once_equals_the_prompt_in_every_row(case):
     """A [1, P, C] prompt is run once and handed to the rows as a prefix of its keys/values; the same
     prompt given per row ([B, P, C]) takes the plain path. Outputs and gradients must agree."""
@@ -330,10 +331,15 @@ def test_shared_prompt_run_once_equals_the_prompt_in_every_row(case):
     torch.manual_seed(3)
     ids = torch.randint(0, TINY["vocab_size"], (3, 7))
     kw = {}
-    if case == "padding":
+    if case == "padding":  # right padding and a gap: the run-once path
+        kw["attention_mask"] = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1, 0]])
+    if case == "left padding and labels":  # the plain path (a leading pad's position follows the prompt)
         kw["attention_mask"] = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]])
+        kw["labels"] = ids.masked_fill(kw["attention_mask"] == 0, -100)
     if case == "with prefix":
         kw["prefix"] = [(torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8)) for _ in range(TINY["n_layer"])]
+    if case == "prefix value per row":  # the plain path: the prompt's states differ per row
+        kw["prefix"] = [(torch.randn(1, 4, 2, 8), torch.randn(3, 4, 2, 8)) for _ in range(TINY["n_layer"])]
     if case == "labels":
         kw["labels"] = ids
     real = kw.get("attention_mask", torch.ones_like(ids))[..., None]  # padding positions' outputs mean nothing
@@ -341,9 +347,10 @@ def test_shared_prompt_run_once_equals_the_prompt_in_every_row(case):
     for per_row in (False, True):
         prompt = torch.randn(1, 5, TINY["n_embd"], generator=torch.Generator().manual_seed(4)).requires_grad_()
         out = model(ids, prompt=prompt.expand(3, -1, -1) if per_row else prompt, **kw)
-        value = out[1] if case == "labels" else (out * real * torch.linspace(-1, 1, out.shape[-1])).sum()
+        loss = "labels" in kw
+        value = out[1] if loss else (out * real * torch.linspace(-1, 1, out.shape[-1])).sum()
         value.backward()
-        outs.append(out[1].detach() if case == "labels" else out.detach() * real)
+        outs.append(out[1].detach() if loss else out.detach() * real)
         grads.append(prompt.grad)
     assert (outs[0] - outs[1]).abs().max() < 1e-5
     assert (grads[0] - grads[1]).abs().max() < 1e-5 * max(1.0, grads[1].abs().max().item())

@@ -1,4 +1,4 @@
-"""Shared building blocks: the one-row matrix-vector path of linear()."""
+"""Shared building blocks: linear()'s split path for up to 64 rows, and the loss without logits."""
 
 import contextlib
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minipeft import GPT, GPTConfig
+from minipeft import GPT, GPTConfig, MiniPeftError
 from minipeft.layers import linear, linear_cross_entropy
 
 
@@ -154,3 +154,52 @@ def test_loss_without_logits_under_bf16_autocast():
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-3, atol=0)
     for a, b in zip(grads_a, grads_b):
         assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
+
+
+def test_linear_split_path_keeps_the_autocast_dtype():
+    x, w, b = torch.randn(1, 32), torch.randn(300, 32), torch.randn(300)
+    with threads(2), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear(x, w, b).dtype == F.linear(x, w, b).dtype == torch.bfloat16
+
+
+def test_linear_cross_entropy_refuses_what_the_usual_pair_refuses():
+    torch.manual_seed(0)
+    x, weight = torch.randn(6, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    targets = torch.randint(0, 11, (6,))
+    with pytest.raises(MiniPeftError, match="targets \\[N\\]"):
+        linear_cross_entropy(x, weight, targets[:5])
+    loss = linear_cross_entropy(x, weight, targets)
+    with torch.no_grad():
+        weight.mul_(2)  # edited in place between forward and backward: the gradients would be stale
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    loss = linear_cross_entropy(x, weight, targets)
+    (grad_x,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError):  # first order only, said rather than silently wrong
+        grad_x.sum().backward()
+
+
+def test_nothing_to_score_gives_zero_gradients_as_the_usual_pair():
+    torch.manual_seed(0)
+    ignored = torch.full((6,), -100)
+    grads = []
+    for fused in (True, False):
+        x = torch.randn(6, 8, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        weight = torch.randn(11, 8)
+        (linear_cross_entropy(x, weight, ignored) if fused else _usual(x, weight, ignored)).backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1]) and not grads[0].any()
+
+
+@pytest.mark.parametrize("model_kind", ["gpt", "t5"])
+def test_labels_are_checked_on_both_loss_paths(model_kind):
+    from tests.methods_common import tiny_gpt, tiny_t5
+    model = tiny_gpt() if model_kind == "gpt" else tiny_t5()
+    ids = torch.randint(2, 61, (2, 6))
+    labels = ids.clone()
+    labels[0, 3] = -1
+    for return_logits in (True, False):
+        with pytest.raises(MiniPeftError, match="labels must be -100 or token ids"):
+            model(ids, labels=labels, return_logits=return_logits)
+    with pytest.raises(MiniPeftError, match="return_logits=False is for training with labels"):
+        model(ids, return_logits=False) if model_kind == "gpt" else model(ids, ids, return_logits=False)
