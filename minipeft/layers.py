@@ -101,9 +101,9 @@ def linear_cross_entropy(x, weight, targets, *, chunk_elements=2 ** 26):
     in backward, a gradient of the same size (three times 103 MB for GPT-2 at 4 x 128 tokens,
     4.9 GB at 8 x 1024). Here each chunk of rows (at most chunk_elements logits, 256 MB in fp32)
     is turned into its loss and, when gradients are wanted, straight into d loss / d x and
-    d loss / d weight (softmax - one_hot, written over the chunk's logits); backward only rescales
-    them. Same loss and gradients as the usual pair, up to float rounding (first order only: no
-    double backward).
+    d loss / d weight (softmax - one_hot, written over the chunk's logits: one [rows, vocab]
+    buffer in all); backward only rescales them. Same loss and gradients as the usual pair, up to
+    float rounding (first order only: no double backward).
     """
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or targets.shape != (x.shape[0],):
         raise MiniPeftError(f"linear_cross_entropy needs x [N, C], weight [vocab, C] and targets [N]; got "
@@ -126,10 +126,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, x.shape[0], rows):
             xc, keep = x[start:start + rows], valid[start:start + rows]
             tc = targets[start:start + rows].clamp(min=0)                    # ignored rows: any id, masked below
-            logp = torch.log_softmax(F.linear(xc, weight).float(), dim=-1)  # [n, vocab]; the logits are freed
-            total -= (logp.gather(1, tc[:, None])[:, 0] * keep).sum()
+            z = F.linear(xc, weight).float()                                 # [n, vocab] logits, the one big buffer
+            z -= z.amax(dim=-1, keepdim=True)                                # shifted, so that exp cannot overflow
+            picked = z.gather(1, tc[:, None])[:, 0]                          # the target's shifted logit
+            p = z.exp_()                                                     # in place: no second [n, vocab]
+            norm = p.sum(dim=-1)                                             # loss = log(norm) - picked
+            total += ((norm.log() - picked) * keep).sum()
             if need_x or need_w:
-                grad = logp.exp_()                                           # softmax, over the log-softmax
+                grad = p.div_(norm[:, None])                                 # softmax
                 grad.scatter_add_(1, tc[:, None], -keep[:, None].to(grad.dtype))  # - one_hot(target)
                 grad = grad.mul_(keep[:, None]).to(x.dtype)                  # ignored rows: no gradient
                 if need_x:
