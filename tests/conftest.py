@@ -3,6 +3,16 @@ import socket
 import pytest
 import torch
 
+from tests.methods_common import threads
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run much faster on one intra-op thread (and when other processes share the cores);
+    a module asks for it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    with threads(1):
+        yield
+
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):

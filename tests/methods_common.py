@@ -1,4 +1,6 @@
-"""Shared helpers for the method tests: tiny models, a toy task, a short training loop."""
+"""Shared helpers for the tests: tiny models, a toy task, a short training loop, a thread count."""
+
+import contextlib
 
 import torch
 
@@ -81,3 +83,14 @@ def train_seq2seq(module, ids, labels, steps=60, lr=1e-2):
         opt.step()
         losses.append(loss.item())
     return losses[0], losses[-1]
+
+
+@contextlib.contextmanager
+def threads(n):
+    """torch's intra-op threads set to n for the block, then put back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

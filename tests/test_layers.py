@@ -1,23 +1,12 @@
 """Shared building blocks: linear()'s split path for up to 64 rows, and the loss without logits."""
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from minipeft import GPT, GPTConfig, MiniPeftError
 from minipeft.layers import linear, linear_cross_entropy
-
-
-@contextlib.contextmanager
-def threads(n):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from tests.methods_common import threads
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])

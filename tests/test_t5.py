@@ -31,13 +31,7 @@ STRAY = "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"
 CACHE_ARG = "cache" if "cache" in inspect.signature(transformers.T5ForConditionalGeneration.forward).parameters else "past_key_values"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one intra-op thread (much faster when other processes share the CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_hf(kind, seed=0, **overrides):
