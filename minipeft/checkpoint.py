@@ -90,10 +90,21 @@ def write_json(path, data):
         f.write("\n")
 
 
+def check_count(state, pattern, count, field, source):
+    """The config's number of blocks (`field` = count) must be the checkpoint's: distinct indices
+    matched by `pattern` (GPT-2's blocks: "h.<i>."). Checked before anything is built, so a config that
+    asks for a million layers is refused, not allocated."""
+    found = len({m.group(1) for k in state if (m := re.match(pattern, k))})
+    if found != count:
+        raise MiniPeftError(f"{source}: the config says {field}={count!r}, but the weights hold {found} such blocks")
+
+
 def load_into(model, state, key_map, *, ignore=(), source="checkpoint"):
     """Copy checkpoint tensors into `model` through `key_map`; every mismatch is a clear error.
 
     `ignore` holds regexes of checkpoint keys that are not parameters (causal-mask buffers, strays).
+    A model built on the meta device (shapes only) gets its memory after every key, dtype and shape
+    has been checked: a config that does not match its weights never allocates.
     """
     params = dict(model.named_parameters())
     expected = {k.ckpt for k in key_map}
@@ -104,16 +115,21 @@ def load_into(model, state, key_map, *, ignore=(), source="checkpoint"):
     missing = [k.ckpt for k in key_map if k.ckpt not in state]
     if missing:
         raise MiniPeftError(f"{source}: missing key(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    for key in key_map:
+        t = state[key.ckpt]
+        if not t.is_floating_point():
+            raise MiniPeftError(f"{source}: {key.ckpt} has dtype {t.dtype}; expected a floating-point tensor")
+        want = _ckpt_shape(key, [params[name].shape for name in key.ours])
+        if tuple(t.shape) != want:
+            raise MiniPeftError(f"{source}: {key.ckpt} has shape {list(t.shape)}; expected {list(want)}")
+    if any(p.is_meta for p in params.values()):
+        unset = sorted(set(params) - {name for key in key_map for name in key.ours})
+        assert not unset, f"the key map leaves {unset[:5]} unset"  # every parameter comes from the file
+        model.to_empty(device="cpu")
+        params = dict(model.named_parameters())
     with torch.no_grad():
         for key in key_map:
-            t = state[key.ckpt]
-            if not t.is_floating_point():
-                raise MiniPeftError(f"{source}: {key.ckpt} has dtype {t.dtype}; expected a floating-point tensor")
-            targets = [params[name] for name in key.ours]
-            want = _ckpt_shape(key, [p.shape for p in targets])
-            if tuple(t.shape) != want:
-                raise MiniPeftError(f"{source}: {key.ckpt} has shape {list(t.shape)}; expected {list(want)}")
-            for p, piece in zip(targets, _to_ours(key, t)):
+            for p, piece in zip([params[name] for name in key.ours], _to_ours(key, state[key.ckpt])):
                 p.copy_(piece)
 
 

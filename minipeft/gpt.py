@@ -381,7 +381,9 @@ class GPT(nn.Module):
         head = state.pop("lm_head.weight", None)
         if head is not None and ("wte.weight" not in state or not torch.equal(head, state["wte.weight"])):
             raise MiniPeftError(f"{path}: lm_head.weight differs from wte.weight, but GPT-2's head is tied to wte")
-        model = cls(cfg)
+        checkpoint.check_count(state, r"h\.(\d+)\.", cfg.n_layer, "n_layer", path)
+        with torch.device("meta"):  # shapes only: memory comes once the file is known to match
+            model = cls(cfg)
         checkpoint.load_into(model, state, checkpoint_keys(cfg), ignore=IGNORED_KEYS, source=path)
         return model.to(dtype).eval()
 

@@ -544,10 +544,13 @@ class T5(nn.Module):
             raise MiniPeftError(f"{path} is not a folder; pass a T5 model folder (config.json + model.safetensors or pytorch_model.bin)")
         hf, state = checkpoint.load_folder(path)
         cfg = config_from_hf(hf, os.path.join(path, "config.json"))
+        checkpoint.check_count(state, r"encoder\.block\.(\d+)\.", cfg.num_layers, "num_layers", path)
+        checkpoint.check_count(state, r"decoder\.block\.(\d+)\.", cfg.num_decoder_layers, "num_decoder_layers", path)
         state = _embeddings_and_head(state, cfg, path)
         slots = {hf_name: ours for hf_name, ours, has_slot in _modules(cfg) if has_slot}
         biases = {slots[k[:-5]] for k in state if k.endswith(".bias") and k[:-5] in slots}
-        model = cls(cfg)
+        with torch.device("meta"):  # shapes only: memory comes once the file is known to match
+            model = cls(cfg)
         for name in biases:
             model.get_submodule(name).enable_bias()
         checkpoint.load_into(model, state, checkpoint_keys(cfg, biases), ignore=IGNORED_KEYS, source=path)

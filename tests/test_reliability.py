@@ -98,6 +98,33 @@ def test_fuzzed_t5_configs_raise_only_minipeft_errors(tmp_path_factory, edits):
     _load_with_edited_config(T5, folder, edits)
 
 
+@pytest.mark.parametrize("arch, edits", [
+    ("gpt", {"n_layer": 10**9}), ("gpt", {"vocab_size": 2**33}), ("gpt", {"n_positions": 2**37}), ("gpt", {"n_inner": 2**36}),
+    ("gpt", {"n_embd": 2**20, "n_head": 1}),
+    ("t5", {"num_layers": 10**9}), ("t5", {"num_decoder_layers": 2**40}), ("t5", {"d_ff": 2**36}), ("t5", {"vocab_size": 2**34}),
+    ("t5", {"num_heads": 2**30}),
+])
+def test_huge_configs_are_refused_before_allocating(tmp_path, arch, edits):
+    """A config.json asking for sizes its weights do not have is refused before the model is built:
+    no time and no memory go into a billion layers or a 2**33-token vocabulary (this once ran the
+    fuzz test out of memory)."""
+    from minipeft import T5, T5Config
+    import resource
+    if arch == "gpt":
+        model_class, model = GPT, GPT(CFG)
+    else:
+        model_class, model = T5, T5(T5Config.named("tiny", num_layers=1, d_model=16, d_ff=16, d_kv=4, num_heads=2, vocab_size=20))
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, **edits}))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(MiniPeftError, match="config says|expected|shape"):
+        model_class.from_pretrained(tmp_path)
+    assert time.perf_counter() - start < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024  # KiB: nothing near those sizes
+
+
 @given(ops=st.lists(mutation, min_size=1, max_size=3), meta_edit=st.sampled_from(["none", "config", "base", "method", "format"]),
        value=json_value)
 def test_fuzzed_adapter_files_raise_only_minipeft_errors(tmp_path_factory, ops, meta_edit, value):
