@@ -87,7 +87,7 @@ class Adapter(nn.Module):
         settings = json.loads(meta["config"])
         try:
             adapter = cls(model, **settings)
-        except (TypeError, ValueError, KeyError) as e:  # settings written by hand or damaged
+        except (TypeError, ValueError, KeyError, RuntimeError) as e:  # settings written by hand or damaged (sizes torch cannot allocate)
             raise MiniPeftError(f"{path}: adapter settings {str(settings)[:200]} do not fit {cls.__name__} ({e})") from None
         adapter.load_adapter_state(tensors, path)
         return adapter

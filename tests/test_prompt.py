@@ -105,3 +105,6 @@ def test_save_load_and_file_errors(tmp_path):
     with pytest.raises(MiniPeftError, match="not a minipeft adapter file"):
         PromptTuning.load(tiny_gpt(), path)
     assert json.loads(meta["config"]) == {"n_prompt": 4, "n_ensemble": 1}
+    safetensors.save(path, tensors, {**meta, "config": json.dumps({"n_prompt": 2**50, "n_ensemble": 1})})
+    with pytest.raises(MiniPeftError, match="adapter settings .* do not fit PromptTuning"):  # no memory for that
+        PromptTuning.load(tiny_gpt(), path)
