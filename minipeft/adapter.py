@@ -85,6 +85,13 @@ class Adapter(nn.Module):
         tensors, meta = safetensors.load(path)
         check_adapter_metadata(meta, path, cls.method, model)
         settings = json.loads(meta["config"])
+        # every integer setting (n_prompt, n_ensemble, n_prefix, n_classes) is a dimension of a saved
+        # tensor: a larger one is damage, refused before the adapter allocates anything for it
+        largest = max((d for t in tensors.values() for d in t.shape), default=0)
+        for name, value in settings.items():
+            if type(value) is int and value > largest:
+                raise MiniPeftError(f"{path}: adapter setting {name}={value} is larger than any dimension of the saved "
+                                    f"tensors ({largest}); the settings do not belong to these tensors")
         try:
             adapter = cls(model, **settings)
         except (TypeError, ValueError, KeyError, RuntimeError) as e:  # settings written by hand or damaged (sizes torch cannot allocate)
