@@ -41,7 +41,6 @@ so read ratios, not absolute times.
 
 import argparse
 import contextlib
-import gc
 import json
 import os
 import platform

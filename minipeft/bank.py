@@ -39,7 +39,7 @@ class AdapterBank(nn.Module):
         if unknown:
             raise MiniPeftError(f"unknown task(s) {unknown}; the bank has {sorted(self.adapters)}")
         rows = [self._row_hooks(t) for t in tasks]
-        B, out = len(tasks), {}
+        out = {}
         deltas = [r.get("bias_delta", {}) for r in rows]
         names = sorted({n for d in deltas for n in d})
         if names:

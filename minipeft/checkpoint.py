@@ -90,11 +90,16 @@ def write_json(path, data):
         f.write("\n")
 
 
+def count_blocks(state, pattern):
+    """How many blocks the checkpoint holds: distinct indices captured by `pattern` (GPT-2's: "h.<i>.")."""
+    return len({m.group(1) for k in state if (m := re.match(pattern, k))})
+
+
 def check_count(state, pattern, count, field, source):
-    """The config's number of blocks (`field` = count) must be the checkpoint's: distinct indices
-    matched by `pattern` (GPT-2's blocks: "h.<i>."). Checked before anything is built, so a config that
-    asks for a million layers is refused, not allocated."""
-    found = len({m.group(1) for k in state if (m := re.match(pattern, k))})
+    """The config's number of blocks (`field` = count) must be the checkpoint's (count_blocks).
+    Checked before anything is built, so a config that asks for a million layers is refused, not
+    allocated."""
+    found = count_blocks(state, pattern)
     if found != count:
         raise MiniPeftError(f"{source}: the config says {field}={count!r}, but the weights hold {found} such blocks")
 

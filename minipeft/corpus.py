@@ -18,7 +18,6 @@ import sysconfig
 import unicodedata
 import warnings
 
-from .errors import MiniPeftError
 
 MAX_CHARS = 2_000_000          # the whole corpus
 MAX_CHARS_PER_MODULE = 40_000  # so that a few huge modules (decimal, argparse) do not crowd out the rest

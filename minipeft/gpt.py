@@ -13,7 +13,6 @@ positions 0..P-1; left padding takes no position.
 
 import math
 import os
-import re
 from dataclasses import dataclass
 
 import torch
@@ -381,7 +380,7 @@ class GPT(nn.Module):
         head = state.pop("lm_head.weight", None)
         if head is not None and ("wte.weight" not in state or not torch.equal(head, state["wte.weight"])):
             raise MiniPeftError(f"{path}: lm_head.weight differs from wte.weight, but GPT-2's head is tied to wte")
-        checkpoint.check_count(state, r"h\.(\d+)\.", cfg.n_layer, "n_layer", path)
+        checkpoint.check_count(state, BLOCK_KEY, cfg.n_layer, "n_layer", path)
         with torch.device("meta"):  # shapes only: memory comes once the file is known to match
             model = cls(cfg)
         checkpoint.load_into(model, state, checkpoint_keys(cfg), ignore=IGNORED_KEYS, source=path)
@@ -397,6 +396,7 @@ class GPT(nn.Module):
 
 # ---- checkpoint key map ------------------------------------------------------------------------
 
+BLOCK_KEY = r"h\.(\d+)\."                                          # a block's keys; the index counts layers
 IGNORED_KEYS = (r"h\.\d+\.attn\.bias", r"h\.\d+\.attn\.masked_bias")  # causal-mask buffers, not parameters
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")    # stored [in, out]: transpose
 
@@ -458,7 +458,7 @@ def _config_from_shapes(state, source, n_head=None):
         if k not in state or state[k].dim() != 2:
             raise MiniPeftError(f"{source}: missing key {k} (a 2-D tensor); cannot infer the GPT-2 config")
     vocab, n_embd = state["wte.weight"].shape
-    n_layer = len({m.group(1) for k in state if (m := re.match(r"h\.(\d+)\.", k))})
+    n_layer = checkpoint.count_blocks(state, BLOCK_KEY)
     fc = state.get("h.0.mlp.c_fc.weight")
     n_inner = int(fc.shape[1]) if fc is not None and fc.dim() == 2 and fc.shape[1] != 4 * n_embd else None
     if n_head is None:

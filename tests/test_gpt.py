@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from minipeft import GPT, GPTConfig, KVCache, MiniPeftError
-from minipeft import safetensors
 
 import transformers  # noqa: E402  test oracle, installed by the dev extra
 

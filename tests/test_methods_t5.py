@@ -6,7 +6,7 @@ import torch
 
 from minipeft import BitFit, PrefixTuning, PromptTuning
 from minipeft.bank import AdapterBank
-from tests.methods_common import T5_TINY, snapshot, tiny_t5, toy_seq2seq, train_seq2seq
+from tests.methods_common import snapshot, tiny_t5, toy_seq2seq, train_seq2seq
 
 
 def test_bitfit_starts_exactly_at_the_model_and_trains_only_biases():
