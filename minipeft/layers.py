@@ -101,9 +101,12 @@ def linear_cross_entropy(x, weight, targets, *, chunk_elements=2 ** 26):
     in backward, a gradient of the same size (three times 103 MB for GPT-2 at 4 x 128 tokens,
     4.9 GB at 8 x 1024). Here each chunk of rows (at most chunk_elements logits, 256 MB in fp32)
     is turned into its loss and, when gradients are wanted, straight into d loss / d x and
-    d loss / d weight (softmax - one_hot, written over the chunk's logits: one [rows, vocab]
+    d loss / d weight (softmax - one_hot, written over the chunk's logits: one [vocab, rows]
     buffer in all); backward only rescales them. Same loss and gradients as the usual pair, up to
     float rounding (first order only: no double backward).
+    The logits are computed as weight @ x.T, [vocab, rows], the softmax reducing over dim 0: MKL
+    runs that product ~1.3x faster than x @ weight.T at GPT-2's sizes (217-245 vs 329 ms for
+    512 rows, 2 threads), 3-4% of a whole BitFit or full fine-tuning step.
     """
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or targets.shape != (x.shape[0],):
         raise MiniPeftError(f"linear_cross_entropy needs x [N, C], weight [vocab, C] and targets [N]; got "
@@ -126,20 +129,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, x.shape[0], rows):
             xc, keep = x[start:start + rows], valid[start:start + rows]
             tc = targets[start:start + rows].clamp(min=0)                    # ignored rows: any id, masked below
-            z = F.linear(xc, weight).float()                                 # [n, vocab] logits, the one big buffer
-            z -= z.amax(dim=-1, keepdim=True)                                # shifted, so that exp cannot overflow
-            picked = z.gather(1, tc[:, None])[:, 0]                          # the target's shifted logit
-            p = z.exp_()                                                     # in place: no second [n, vocab]
-            norm = p.sum(dim=-1)                                             # loss = log(norm) - picked
+            z = torch.mm(weight, xc.t()).float()                            # [vocab, n] logits, the one big buffer
+            z -= z.amax(dim=0, keepdim=True)                                 # shifted, so that exp cannot overflow
+            picked = z.gather(0, tc[None])[0]                                # the target's shifted logit
+            p = z.exp_()                                                     # in place: no second [vocab, n]
+            norm = p.sum(dim=0)                                              # loss = log(norm) - picked
             total += ((norm.log() - picked) * keep).sum()
             if need_x or need_w:
-                grad = p.div_(norm[:, None])                                 # softmax
-                grad.scatter_add_(1, tc[:, None], -keep[:, None].to(grad.dtype))  # - one_hot(target)
-                grad = grad.mul_(keep[:, None]).to(x.dtype)                  # ignored rows: no gradient
+                grad = p.div_(norm)                                          # softmax
+                grad.scatter_add_(0, tc[None], -keep[None].to(grad.dtype))   # - one_hot(target)
+                grad = grad.mul_(keep).to(x.dtype)                           # ignored rows: no gradient
                 if need_x:
-                    grad_x[start:start + rows] = grad @ weight
+                    grad_x[start:start + rows] = grad.t() @ weight
                 if need_w:
-                    grad_w.addmm_(grad.t().to(grad_w.dtype), xc.to(grad_w.dtype))
+                    grad_w.addmm_(grad.to(grad_w.dtype), xc.to(grad_w.dtype))
         ctx.save_for_backward(grad_x, grad_w, n_valid, weight)  # weight: so that editing it in place before backward is an error
         return total / n_valid
 
