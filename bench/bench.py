@@ -265,18 +265,27 @@ def train_steps(kind, ours, ref, size, device):
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm")
 
 
-def matmul_share(fn, device):
-    """Fraction of one call's CPU time spent inside matrix products (torch profiler, self time).
-    Both implementations call the same BLAS for them, so the share shows how much of a step a
-    rewrite of everything else could save at most. CPU only (None on CUDA)."""
+def kernel_shares(fn, device):
+    """Fractions of one call's CPU time (torch profiler, self time) spent in matrix products and in
+    attention kernels (SDPA, forward and backward). Both implementations call the same BLAS and
+    SDPA kernels for these, so their sum shows how much of a step a rewrite of everything else
+    could save at most. CPU only ((None, None) on CUDA)."""
     if device != "cpu":
-        return None
+        return None, None
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    return sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / total if total else None
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    attention = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
+    return matmul / total, attention / total
+
+
+def share_fields(fn_ours, fn_ref, device):
+    (mm_ours, at_ours), (mm_ref, at_ref) = kernel_shares(fn_ours, device), kernel_shares(fn_ref, device)
+    return {"matmul_share_minipeft": mm_ours, "matmul_share_reference": mm_ref,
+            "attention_share_minipeft": at_ours, "attention_share_reference": at_ref}
 
 
 def median_ms(xs):
@@ -301,7 +310,6 @@ def bench_train(folder, size, device, steps, warmup, log):
         trainable[method] = {"minipeft": n_trainable(ours), "reference": n_trainable(ref)}
         fns.update({(method, impl): fn for impl, fn in step.items()})
     times = Timer(device).run(fns, steps, warmup)
-    shares = {key: matmul_share(fn, device) for key, fn in fns.items()}
     out = {}
     for method in METHODS:
         mine = {impl: times[(method, impl)] for impl in ("minipeft", "reference")}
@@ -310,7 +318,7 @@ def bench_train(folder, size, device, steps, warmup, log):
                        "reference_samples_ms": [1000 * t for t in mine["reference"]],
                        "paired_ratio": paired_ratio(mine),
                        "paired_ratio_to_full": paired_ratio({"minipeft": mine["minipeft"], "reference": times[("full", "minipeft")]}),
-                       "matmul_share_minipeft": shares[(method, "minipeft")], "matmul_share_reference": shares[(method, "reference")],
+                       **share_fields(fns[(method, "minipeft")], fns[(method, "reference")], device),
                        "trainable_minipeft": trainable[method]["minipeft"], "trainable_reference": trainable[method]["reference"],
                        "first_loss_minipeft": losses[method]["minipeft"][0], "first_loss_reference": losses[method]["reference"][0]}
         log(f"train {method}: minipeft {out[method]['minipeft_ms']:.0f} ms, reference {out[method]['reference_ms']:.0f} ms")
@@ -326,8 +334,7 @@ def bench_t5(folder, size, device, steps, warmup, log):
     fns, losses = train_steps("t5", ours, ref, size, device)
     times = Timer(device).run(fns, steps, warmup)
     out = {"minipeft_ms": median_ms(times["minipeft"]), "reference_ms": median_ms(times["reference"]),
-           "matmul_share_minipeft": matmul_share(fns["minipeft"], device),
-           "matmul_share_reference": matmul_share(fns["reference"], device),
+           **share_fields(fns["minipeft"], fns["reference"], device),
            "minipeft_samples_ms": [1000 * t for t in times["minipeft"]],
            "reference_samples_ms": [1000 * t for t in times["reference"]],
            "paired_ratio": paired_ratio(times),
@@ -629,15 +636,17 @@ def markdown(results):
     shares += [(f"T5 train step, prompt (P={N_PROMPT})", results["t5"])] if results.get("t5") else []
     shares = [(what, t) for what, t in shares if t.get("matmul_share_minipeft") is not None]
     if shares:
-        lines += ["", "Where the time goes (torch profiler, one step each): matrix products are the same BLAS calls on both "
-                      "sides, so minipeft's step cannot be shorter than its own matrix products; the last column is that "
-                      "floor over the reference's step.", "",
-                  "| step | minipeft: matrix products | reference: matrix products | lowest possible ratio |", "|---|---:|---:|---:|"]
+        lines += ["", "Where the time goes (torch profiler, one step each): matrix products and attention (SDPA) are the "
+                      "same BLAS and SDPA kernels on both sides, so minipeft's step cannot be shorter than its own time "
+                      "in them; the last column is that floor over the reference's step.", "",
+                  "| step | minipeft: products + attention | reference: products + attention | lowest possible ratio |",
+                  "|---|---:|---:|---:|"]
         for what, t in shares:
-            ours_mm = t["matmul_share_minipeft"] * t["minipeft_ms"]
-            ref_mm = t["matmul_share_reference"] * t["reference_ms"]
-            lines.append(f"| {what} | {fmt(ours_mm, 'ms')} ({t['matmul_share_minipeft']:.0%}) | "
-                         f"{fmt(ref_mm, 'ms')} ({t['matmul_share_reference']:.0%}) | {ours_mm / t['reference_ms']:.2f} |")
+            ours = {k: t[f"{k}_share_minipeft"] * t["minipeft_ms"] for k in ("matmul", "attention")}
+            ref = {k: t[f"{k}_share_reference"] * t["reference_ms"] for k in ("matmul", "attention")}
+            cell = lambda d, ms: f"{fmt(d['matmul'], 'ms')} + {fmt(d['attention'], 'ms')} ({(d['matmul'] + d['attention']) / ms:.0%})"  # noqa: E731
+            lines.append(f"| {what} | {cell(ours, t['minipeft_ms'])} | {cell(ref, t['reference_ms'])} | "
+                         f"{(ours['matmul'] + ours['attention']) / t['reference_ms']:.2f} |")
     gen = results.get("generation")
     if gen:
         lines += ["", f"Bandwidth bound: {gen['param_bytes'] / 1e6:,.1f} MB of parameters read per token / "

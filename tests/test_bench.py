@@ -53,18 +53,21 @@ def test_table_has_every_row(tiny_run):
         assert len(cells) == 6 and cells[5] in ("PASS", "MISS"), line
 
 
-def test_matrix_product_floor_table(tiny_run):
-    """Each training step's share of time in matrix products, and the floor it sets on the ratio."""
+def test_shared_kernel_floor_table(tiny_run):
+    """Each training step's share of time in matrix products and attention kernels, and the floor it sets on the ratio."""
     stdout, results = tiny_run
     lines = stdout.splitlines()
-    start = lines.index("| step | minipeft: matrix products | reference: matrix products | lowest possible ratio |") + 2
+    start = lines.index("| step | minipeft: products + attention | reference: products + attention | lowest possible ratio |") + 2
     body = lines[start:start + 5]
     assert [line.split(" | ")[0].removeprefix("| ") for line in body] == ROWS[:4] + ROWS[-1:]
     for t in [*results["train"].values(), results["t5"]]:
-        assert 0 < t["matmul_share_minipeft"] < 1 and 0 < t["matmul_share_reference"] < 1
+        for side in ("minipeft", "reference"):
+            assert 0 < t[f"matmul_share_{side}"] < 1 and 0 < t[f"attention_share_{side}"] < 1
+            assert t[f"matmul_share_{side}"] + t[f"attention_share_{side}"] < 1
     floor = float(body[0].rstrip(" |").rsplit("|", 1)[1])
     full = results["train"]["full"]
-    assert floor == pytest.approx(full["matmul_share_minipeft"] * full["minipeft_ms"] / full["reference_ms"], abs=0.006)
+    shares = full["matmul_share_minipeft"] + full["attention_share_minipeft"]
+    assert floor == pytest.approx(shares * full["minipeft_ms"] / full["reference_ms"], abs=0.006)
 
 
 def test_json_has_the_expected_keys(tiny_run):
