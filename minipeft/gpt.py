@@ -351,7 +351,10 @@ class GPT(nn.Module):
             raise MiniPeftError(f"prefix {n_prefix} + prompt {n_prompt} + input {T} + max_new_tokens {max_new_tokens} "
                                 f"exceeds the context of {self.config.n_positions} positions")
         cfg, w = self.config, self.wte.weight
-        cache = KVCache(cfg.n_layer, B, cfg.n_head, n_prompt + T + max_new_tokens, cfg.head_dim, device=w.device, dtype=w.dtype)
+        cache = KVCache(cfg.n_layer, B, cfg.n_head, n_prefix + n_prompt + T + max_new_tokens, cfg.head_dim, device=w.device, dtype=w.dtype)
+        if prefix is not None and prefix_start is None:  # a prefix (not an infix) becomes the cache's first keys
+            cache.start_with(prefix, prefix_mask)
+            prefix = prefix_mask = None
         every_step = dict(prefix=prefix, prefix_mask=prefix_mask, prefix_start=prefix_start, bias_delta=bias_delta, cache=cache,
                           hidden=True)
         head = lambda h: linear(h[:, -1], w)  # noqa: E731  logits of the last position only, not of the whole prompt

@@ -160,22 +160,55 @@ def test_prompt_of_token_embeddings_equals_those_tokens():
     assert (got - want).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("hook", ["prefix", "prompt"])
+@pytest.mark.parametrize("hook", ["prefix", "prompt", "per-row prefix, masked, left padding"])
 def test_generate_with_hooks_equals_full_recompute(hook):
-    """Cached generation with a prefix or prompt == greedy argmax recomputed from scratch each step."""
+    """Cached generation with a prefix (put in the cache first) or prompt == greedy argmax recomputed
+    from scratch each step, where the prefix is attended to inside attention."""
     model = _tiny()
     ids = torch.randint(0, TINY["vocab_size"], (2, 5))
+    mask = torch.ones_like(ids)
     kw = {}
     if hook == "prompt":
         kw["prompt"] = torch.randn(1, 3, TINY["n_embd"])
-    else:
+    elif hook == "prefix":
         kw["prefix"] = [(torch.randn(1, 4, 3, 8), torch.randn(1, 4, 3, 8)) for _ in range(TINY["n_layer"])]
-    got = model.generate(ids, max_new_tokens=8, **kw)
+    else:
+        kw["prefix"] = [(torch.randn(2, 4, 3, 8), torch.randn(2, 4, 3, 8)) for _ in range(TINY["n_layer"])]
+        kw["prefix_mask"] = torch.tensor([[1, 1, 1], [1, 0, 0]])  # row 1 uses 1 of 3 slots
+        mask[1, :2] = 0                                            # and is left-padded
+    got = model.generate(ids, mask, max_new_tokens=8, **kw)
     seq = ids
     with torch.no_grad():
         for _ in range(8):
-            seq = torch.cat([seq, model(seq, **kw)[:, -1].argmax(-1, keepdim=True)], 1)
+            full_mask = torch.cat([mask, torch.ones(2, seq.shape[1] - ids.shape[1], dtype=torch.long)], 1)
+            seq = torch.cat([seq, model(seq, full_mask, **kw)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(got, seq)
+
+
+def test_cache_started_with_a_prefix_equals_attending_to_it():
+    """KVCache.start_with (what generate does with a prefix): same logits as prefix= in attention,
+    with a per-row prefix_mask and left padding, for the prompt pass and a cached step after it."""
+    model = _tiny()
+    cfg = model.config
+    with torch.no_grad():
+        model.wpe.weight.normal_(0, 1.0)  # positions must matter: a prefix moves them up by its valid slots
+    ids = torch.randint(0, TINY["vocab_size"], (2, 5))
+    nxt = torch.randint(0, TINY["vocab_size"], (2, 1))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    prefix = [(torch.randn(2, 4, 3, 8), torch.randn(2, 4, 3, 8)) for _ in range(cfg.n_layer)]
+    prefix_mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    cache = KVCache(cfg.n_layer, 2, cfg.n_head, 3 + 6, cfg.head_dim)
+    cache.start_with(prefix, prefix_mask)
+    with torch.no_grad():
+        got = model(ids, mask, cache=cache), model(nxt, cache=cache)
+        both = torch.cat([ids, nxt], 1)
+        want = model(both, torch.cat([mask, torch.ones_like(nxt)], 1), prefix=prefix, prefix_mask=prefix_mask)
+    real = mask.bool()
+    torch.testing.assert_close(got[0][real], want[:, :5][real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], want[:, 5:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(MiniPeftError, match="start_with needs an empty cache"):
+        cache.start_with(prefix, prefix_mask)
 
 
 def test_generate_refuses_to_run_past_the_context():
