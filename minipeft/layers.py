@@ -45,6 +45,8 @@ class BiasSlots(nn.Module):
 
     def full_bias(self):
         """The bias of the whole output [sum(parts)] with 1-D deltas folded in, or None."""
+        if not self.delta and len(self.parts) == 1:  # the usual case, on every call: no list, no loop
+            return self.bias
         pieces = []
         for role, name in self.bias_slots():
             b, d = getattr(self, name), self.delta.get(role)
@@ -59,6 +61,8 @@ class BiasSlots(nn.Module):
 
     def row_delta(self):
         """Per-row deltas [B, 1, sum(parts)], or None."""
+        if not self.delta:
+            return None
         rows = [self.delta.get(role) for role in self.parts]
         rows = [r if r is not None and r.dim() == 2 else None for r in rows]
         if all(r is None for r in rows):
