@@ -5,6 +5,7 @@ No timing assertions: targets and PASS/MISS live in the benchmark's own output.
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -51,6 +52,20 @@ def test_table_has_every_row(tiny_run):
     for line in body:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert len(cells) == 6 and cells[5] in ("PASS", "MISS"), line
+
+
+def test_time_ratios_are_medians_of_paired_rounds(tiny_run):
+    _, results = tiny_run
+    rows = {row["what"]: row for row in results["rows"]}
+    full = results["train"]["full"]
+    want = statistics.median(a / b for a, b in zip(full["minipeft_samples_ms"], full["reference_samples_ms"]))
+    assert rows["train step, full FT"]["ratio"] == pytest.approx(want)
+    bitfit = results["train"]["bitfit"]
+    want = statistics.median(a / b for a, b in zip(bitfit["minipeft_samples_ms"], full["minipeft_samples_ms"]))
+    assert rows["train step, BitFit vs own full FT"]["ratio"] == pytest.approx(want)
+    g = results["generation"]["plain"]
+    want = statistics.median(b / a for a, b in zip(g["minipeft_samples_s"], g["reference_samples_s"]))
+    assert rows["greedy generation, no prefix"]["ratio"] == pytest.approx(want)
 
 
 def test_shared_kernel_floor_table(tiny_run):
