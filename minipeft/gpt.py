@@ -4,6 +4,7 @@ Hooks (used by minipeft.bitfit / prefix / prompt, never monkey-patched):
   1. bias slots: every bias is its own parameter (query, key, value, attn_out, mlp_in, mlp_out, norm)
   2. prefix:  forward(..., prefix=[(key, value)] * n_layer), each [B or 1, n_head, P, head_dim],
              concatenated in front of that layer's keys/values inside attention
+             (generate writes it into the KV cache once instead: the same keys)
   3. prompt:  forward(..., prompt=[B or 1, P, n_embd]) prepended to the token embeddings
 
 Positions count real tokens only: with a prefix of P slots the first real token sits at position P
@@ -343,6 +344,7 @@ class GPT(nn.Module):
         stop (and are padded with it). Takes the same hooks as forward. Returns [B, T + n_new] ids.
         """
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, None)
+        self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
         if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
             raise MiniPeftError("generate needs left padding (zeros before the tokens); attention_mask has padding on the right")
         n_prompt = 0 if prompt is None else prompt.shape[1]

@@ -88,8 +88,8 @@ def linear(x, weight, bias=None):
     per = n_out // k                                                   # k blocks of `per` outputs, remainder apart
     blocks = weight[:k * per].view(k, per, n_in)                       # [k, per, n_in]
     if rows == 1:  # decoding one row: block @ x.T reads each weight row once, in order (~1.3x faster again)
-        column = x.reshape(1, n_in).t()                                # [n_in, 1], strides (1, n_in): a contiguous
-        y = torch.bmm(blocks, column.expand(k, n_in, 1)).view(1, k * per)  # [n_in, 1] takes a 4x slower BLAS path
+        column = x.reshape(1, n_in).t()                                # [n_in, 1] view of the row: as a contiguous
+        y = torch.bmm(blocks, column.expand(k, n_in, 1)).view(1, k * per)  # [n_in, 1] it takes a 4x slower BLAS path
     else:
         y = torch.bmm(x.reshape(1, rows, n_in).expand(k, rows, n_in), blocks.transpose(1, 2))  # [k, rows, per]
         y = y.transpose(0, 1).reshape(rows, k * per)
@@ -267,8 +267,8 @@ def attend(q, k, v, *, prefix=None, mask=None, is_causal=False, scale=None, drop
     """Scaled dot-product attention over [prefix; keys].
 
     q [B, H, T, D]; k, v [B, H, S, D] (cached keys already included); prefix (pk, pv), each
-    [B or 1, H, P, D], is concatenated in front of the keys inside attention, so it is never
-    written to a KV cache. mask [B or 1, 1 or H, T, P+S], bool (True = may attend) or additive float.
+    [B or 1, H, P, D], is concatenated in front of the keys inside attention, so a forward pass
+    never writes it to a KV cache (generate puts it there once instead: KVCache.start_with). mask [B or 1, 1 or H, T, P+S], bool (True = may attend) or additive float.
     """
     if prefix is not None:
         pk, pv = prefix
@@ -329,9 +329,15 @@ class KVCache:
         attend(prefix=...) with build_mask(prefix_valid=...): the prefix keys come first, every later
         query sees the valid ones, and positions move up by their number. Decoding then needs no
         [prefix; keys] concatenation per layer and step (6% of a GPT-2 small decoding step)."""
+        L, B, H, _, D = self.k.shape
         P = prefix[0][0].shape[2]
         if self.length or P > self.max_len:
             raise MiniPeftError(f"start_with needs an empty cache with room for the prefix ({P} of {self.max_len} slots)")
+        if len(prefix) != L or any(len(kv) != 2 or any(t.shape[0] not in (1, B) or t.shape[1:] != (H, P, D) for t in kv)
+                                   for kv in prefix):
+            raise MiniPeftError(f"start_with needs one (key, value) pair per layer ({L}), each [{B} or 1, {H}, P, {D}]")
+        if prefix_valid is not None and (prefix_valid.dim() != 2 or prefix_valid.shape[0] not in (1, B) or prefix_valid.shape[1] != P):
+            raise MiniPeftError(f"prefix_valid must have shape [{B} or 1, {P}]; got {list(prefix_valid.shape)}")
         for layer, (pk, pv) in enumerate(prefix):
             self.k[layer, :, :, :P] = pk
             self.v[layer, :, :, :P] = pv

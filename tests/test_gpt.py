@@ -209,6 +209,13 @@ def test_cache_started_with_a_prefix_equals_attending_to_it():
     torch.testing.assert_close(got[1], want[:, 5:], rtol=1e-5, atol=1e-5)
     with pytest.raises(MiniPeftError, match="start_with needs an empty cache"):
         cache.start_with(prefix, prefix_mask)
+    fresh = lambda: KVCache(cfg.n_layer, 2, cfg.n_head, 9, cfg.head_dim)  # noqa: E731
+    with pytest.raises(MiniPeftError, match=r"one \(key, value\) pair per layer \(3\)"):
+        fresh().start_with(prefix[:1], prefix_mask)
+    with pytest.raises(MiniPeftError, match=r"one \(key, value\) pair per layer"):
+        fresh().start_with([(torch.zeros(3, 4, 3, 8),) * 2] * cfg.n_layer)  # batch 3 in a batch-2 cache
+    with pytest.raises(MiniPeftError, match=r"prefix_valid must have shape \[2 or 1, 3\]; got \[1, 1\]"):
+        fresh().start_with(prefix, torch.ones(1, 1))
 
 
 def test_generate_refuses_to_run_past_the_context():
@@ -343,6 +350,9 @@ def test_bad_hook_inputs_are_refused_before_computing():
         model(ids, bias_delta={"h.0.attn.c_attn.weight": torch.zeros(96)})
     with pytest.raises(MiniPeftError, match="prefix_mask must have shape"):
         model(ids, prefix=[(torch.zeros(1, 4, 2, 8),) * 2] * 3, prefix_mask=torch.ones(2, 3))
+    for bad in (torch.ones(1, 1), torch.ones(2, 1), torch.ones(2), torch.ones(3, 2)):  # generate checks it too
+        with pytest.raises(MiniPeftError, match="prefix_mask must have shape"):
+            model.generate(ids, prefix=[(torch.zeros(1, 4, 2, 8),) * 2] * 3, prefix_mask=bad)
 
 
 def test_too_long_for_the_context_counts_prefix_and_prompt():
