@@ -414,6 +414,7 @@ def bench_generation(folder, size, device, steps, warmup, log):
                      "same_tokens": bool(torch.equal(got_ours[0].cpu(), got_ref[0].cpu())),
                      "same_leading_tokens": int((got_ours[0] != got_ref[0]).int().cumsum(1).eq(0).sum()) - ids.shape[1],
                      # tokens/s over the bound, round by round (a slow stretch slows both): steadier than two medians
+                     "copy_bandwidth_rounds_gb_s": [bw / 1e9 for bw in round_bw],
                      "fraction_of_bound": statistics.median(new / t / (bw / param_bytes) for t, bw in zip(times["minipeft"], round_bw))}
         with torch.no_grad(), autocast(device):  # the first new token by each side's own forward pass
             first_ours = int(ours(ids)[0, -1].argmax())
