@@ -25,7 +25,7 @@ from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import decode
 from .layers import (IGNORE, KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, check_hook_tensor, check_ids,
-                     check_labels, check_prefix, linear, linear_cross_entropy, merge_heads, split_heads)
+                     check_labels, check_prefix, check_slot_mask, linear, linear_cross_entropy, merge_heads, split_heads)
 
 
 @dataclass
@@ -308,9 +308,7 @@ class GPT(nn.Module):
                 continue
             if hook is None:
                 raise MiniPeftError(f"{name} given without {name.split('_')[0]}")
-            P = hook[0][0].shape[2] if name == "prefix_mask" else hook.shape[1]
-            if m.dim() != 2 or m.shape[0] not in (1, B) or m.shape[1] != P:
-                raise MiniPeftError(f"{name} must have shape [{B} or 1, {P}]; got {list(m.shape)}")
+            check_slot_mask(name, m, B, hook[0][0].shape[2] if name == "prefix_mask" else hook.shape[1])
         if prefix_start is not None:
             if prefix is None:
                 raise MiniPeftError("prefix_start given without prefix")

@@ -330,14 +330,12 @@ class KVCache:
         query sees the valid ones, and positions move up by their number. Decoding then needs no
         [prefix; keys] concatenation per layer and step (6% of a GPT-2 small decoding step)."""
         L, B, H, _, D = self.k.shape
+        check_prefix("prefix", prefix, L, B, H, D, self.k.device, self.k.dtype)
         P = prefix[0][0].shape[2]
         if self.length or P > self.max_len:
             raise MiniPeftError(f"start_with needs an empty cache with room for the prefix ({P} of {self.max_len} slots)")
-        if len(prefix) != L or any(len(kv) != 2 or any(t.shape[0] not in (1, B) or t.shape[1:] != (H, P, D) for t in kv)
-                                   for kv in prefix):
-            raise MiniPeftError(f"start_with needs one (key, value) pair per layer ({L}), each [{B} or 1, {H}, P, {D}]")
-        if prefix_valid is not None and (prefix_valid.dim() != 2 or prefix_valid.shape[0] not in (1, B) or prefix_valid.shape[1] != P):
-            raise MiniPeftError(f"prefix_valid must have shape [{B} or 1, {P}]; got {list(prefix_valid.shape)}")
+        if prefix_valid is not None:
+            check_slot_mask("prefix_valid", prefix_valid, B, P)
         for layer, (pk, pv) in enumerate(prefix):
             self.k[layer, :, :, :P] = pk
             self.v[layer, :, :, :P] = pv
@@ -400,6 +398,13 @@ def check_hook_tensor(name, t, shape, device, dtype):
         raise MiniPeftError(f"{name} must have shape {want} with at least one slot; got {list(t.shape)}")
     if t.device != device or t.dtype != dtype:
         raise MiniPeftError(f"{name} is {t.dtype} on {t.device}; the model is {dtype} on {device}")
+
+
+def check_slot_mask(name, m, batch, n_slots):
+    """A mask over a hook's slots (prefix_mask, prompt_mask): [batch or 1, n_slots]; batch None: any."""
+    if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[1] != n_slots or (batch is not None and m.shape[0] not in (1, batch)):
+        raise MiniPeftError(f"{name} must have shape [{'B' if batch is None else batch} or 1, {n_slots}]; "
+                            f"got {list(getattr(m, 'shape', []))}")
 
 
 def check_prefix(name, prefix, n_layer, batch, n_head, head_dim, device, dtype):

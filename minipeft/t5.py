@@ -47,7 +47,8 @@ from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import decode
 from .layers import (IGNORE, KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, check_hook_tensor,
-                     check_ids, check_labels, check_prefix, linear, linear_cross_entropy, merge_heads, split_heads)
+                     check_ids, check_labels, check_prefix, check_slot_mask, linear, linear_cross_entropy, merge_heads,
+                     split_heads)
 
 PAD_ID = 0            # also the decoder's start token
 EOS_ID = 1
@@ -499,8 +500,7 @@ class T5(nn.Module):
                 raise MiniPeftError("prompt_mask given without prompt")
             checks.append(("prompt_mask", prompt_mask, prompt.shape[1]))
         for name, m, P in checks:
-            if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[1] != P:
-                raise MiniPeftError(f"{name} must have shape [B or 1, {P}]; got {list(getattr(m, 'shape', []))}")
+            check_slot_mask(name, m, None, P)
         return prefix_mask
 
     # ---- generation --------------------------------------------------------------------------

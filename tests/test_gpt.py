@@ -212,7 +212,8 @@ def test_cache_started_with_a_prefix_equals_attending_to_it():
     fresh = lambda: KVCache(cfg.n_layer, 2, cfg.n_head, 9, cfg.head_dim)  # noqa: E731
     with pytest.raises(MiniPeftError, match=r"one \(key, value\) pair per layer \(3\)"):
         fresh().start_with(prefix[:1], prefix_mask)
-    with pytest.raises(MiniPeftError, match=r"one \(key, value\) pair per layer"):
+    with pytest.raises(MiniPeftError, match=r"prefix\[0\] key must have shape \['2 or 1', 4, 3, 8\] "
+                                            r"with at least one slot; got \[3, 4, 3, 8\]"):
         fresh().start_with([(torch.zeros(3, 4, 3, 8),) * 2] * cfg.n_layer)  # batch 3 in a batch-2 cache
     with pytest.raises(MiniPeftError, match=r"prefix_valid must have shape \[2 or 1, 3\]; got \[1, 1\]"):
         fresh().start_with(prefix, torch.ones(1, 1))
