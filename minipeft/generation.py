@@ -1,20 +1,35 @@
 """Token-by-token decoding shared by GPT-2 and T5: greedy or sampled, eos stop."""
 
+import numbers
+
 import torch
 
 from .errors import MiniPeftError
 
 
+def check_decoding(max_new_tokens, temperature, top_k, eos_token_id):
+    """Refuse bad generate() arguments before any computation (GPT-2 and T5 alike)."""
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise MiniPeftError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0:
+        raise MiniPeftError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise MiniPeftError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if eos_token_id is not None and (not _is_int(eos_token_id) or eos_token_id < 0):
+        raise MiniPeftError(f"eos_token_id must be None or a token id (an integer >= 0), got {eos_token_id!r}")
+
+
+def _is_int(x):
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 def pick_next(logits, temperature=0.0, top_k=None, generator=None):
     """logits [B, V] -> next token ids [B]. temperature 0 is greedy (argmax)."""
-    if temperature < 0:
-        raise MiniPeftError(f"temperature must be >= 0, got {temperature}")
+    check_decoding(0, temperature, top_k, None)
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
     if top_k is not None:
-        if top_k < 1:
-            raise MiniPeftError(f"top_k must be >= 1, got {top_k}")
         kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from . import checkpoint, safetensors
 from .checkpoint import Key
 from .errors import MiniPeftError
-from .generation import decode
-from .layers import (IGNORE, KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, check_hook_tensor, check_ids,
-                     check_labels, check_prefix, check_slot_mask, linear, linear_cross_entropy, merge_heads, split_heads)
+from .generation import check_decoding, decode
+from .layers import (IGNORE, KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, check_attention_mask, check_hook_tensor,
+                     check_ids, check_labels, check_prefix, check_slot_mask, linear, linear_cross_entropy, merge_heads,
+                     split_heads)
 
 
 @dataclass
@@ -201,7 +202,7 @@ class GPT(nn.Module):
         self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
         hooks = dict(prefix=prefix, prompt=prompt, bias_delta=bias_delta, prefix_mask=prefix_mask, prefix_start=prefix_start,
                      prompt_mask=prompt_mask)
-        with bias_deltas(self, bias_delta):
+        with bias_deltas(self, bias_delta, B):
             if self._prompt_is_shared(input_ids, attention_mask, cache, **hooks):
                 prefix, prompt = self._prompt_as_prefix(prompt, prefix), None
             return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache,
@@ -319,8 +320,8 @@ class GPT(nn.Module):
     def _check_inputs(self, input_ids, attention_mask, prefix, prompt, labels):
         cfg = self.config
         B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, T):
-            raise MiniPeftError(f"attention_mask must have the shape of input_ids {[B, T]}; got {list(attention_mask.shape)}")
+        if attention_mask is not None:
+            check_attention_mask("attention_mask", attention_mask, (B, T))
         if labels is not None:
             check_labels(labels, (B, T), cfg.vocab_size)
         device, dtype = self.wte.weight.device, self.wte.weight.dtype
@@ -343,6 +344,7 @@ class GPT(nn.Module):
         """
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, None)
         self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
+        check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
         if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
             raise MiniPeftError("generate needs left padding (zeros before the tokens); attention_mask has padding on the right")
         n_prompt = 0 if prompt is None else prompt.shape[1]

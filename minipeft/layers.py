@@ -224,14 +224,16 @@ def bias_slots(model):
 
 
 @contextlib.contextmanager
-def bias_deltas(model, deltas):
-    """For the duration of one call, add deltas {slot name: [width] or [B, width]} to bias slots.
+def bias_deltas(model, deltas, batch):
+    """For the duration of one call, add deltas {slot name: [width] or [batch, width]} to bias slots.
 
     This is how an adapter trains or serves biases without writing into the base model.
     """
     if not deltas:
         yield
         return
+    if not isinstance(deltas, dict):
+        raise MiniPeftError(f"bias_delta must be a dict {{bias slot name: tensor}}; got {type(deltas).__name__}")
     slots = {name: (module, role) for name, module, _, role in bias_slots(model)}
     touched = []
     try:
@@ -239,8 +241,12 @@ def bias_deltas(model, deltas):
             if name not in slots:
                 raise MiniPeftError(f"bias_delta names {name!r}, which is not a bias slot of this model")
             module, role = slots[name]
-            if d.shape[-1] != module.parts[role] or d.dim() not in (1, 2):
-                raise MiniPeftError(f"bias_delta {name!r} must be [{module.parts[role]}] or [B, {module.parts[role]}]; got {list(d.shape)}")
+            w = module.parts[role]
+            if not isinstance(d, torch.Tensor) or d.shape[-1:] != (w,) or d.dim() not in (1, 2) or (d.dim() == 2 and d.shape[0] not in (1, batch)):
+                got = list(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
+                raise MiniPeftError(f"bias_delta {name!r} must be [{w}] or [{batch}, {w}]; got {got}")
+            if d.dtype != module.weight.dtype or d.device != module.weight.device:
+                raise MiniPeftError(f"bias_delta {name!r} is {d.dtype} on {d.device}; the model is {module.weight.dtype} on {module.weight.device}")
             module.delta[role] = d
             touched.append(module)
         yield
@@ -379,6 +385,17 @@ def check_ids(name, ids, vocab_size):
     return B, T
 
 
+def check_attention_mask(name, mask, shape):
+    """A [B, T] mask of 1 (real token) and 0 (padding), bool or numeric, shaped like its ids."""
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
+        got = f"shape {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise MiniPeftError(f"{name} must have the shape of its ids {list(shape)} (1 = real token, 0 = padding); got {got}")
+    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+        other = mask[(mask != 0) & (mask != 1)].flatten()[0].item()
+        raise MiniPeftError(f"{name} must hold only 1 (real token) and 0 (padding); got {other}. "
+                            f"An additive mask (0 = attend, -inf = not) is not one: pass (mask == 0).long()")
+
+
 def check_labels(labels, shape, vocab_size):
     """A torch.long tensor of the given shape holding token ids in [0, vocab_size) or IGNORE."""
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.long or tuple(labels.shape) != tuple(shape):
@@ -401,10 +418,9 @@ def check_hook_tensor(name, t, shape, device, dtype):
 
 
 def check_slot_mask(name, m, batch, n_slots):
-    """A mask over a hook's slots (prefix_mask, prompt_mask): [batch or 1, n_slots]; batch None: any."""
-    if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[1] != n_slots or (batch is not None and m.shape[0] not in (1, batch)):
-        raise MiniPeftError(f"{name} must have shape [{'B' if batch is None else batch} or 1, {n_slots}]; "
-                            f"got {list(getattr(m, 'shape', []))}")
+    """A mask over a hook's slots (prefix_mask, prompt_mask): [batch or 1, n_slots]."""
+    if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[1] != n_slots or m.shape[0] not in (1, batch):
+        raise MiniPeftError(f"{name} must have shape [{batch} or 1, {n_slots}]; got {list(getattr(m, 'shape', []))}")
 
 
 def check_prefix(name, prefix, n_layer, batch, n_head, head_dim, device, dtype):

@@ -45,10 +45,10 @@ import torch.nn.functional as F
 from . import checkpoint, safetensors
 from .checkpoint import Key
 from .errors import MiniPeftError
-from .generation import decode
-from .layers import (IGNORE, KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, check_hook_tensor,
-                     check_ids, check_labels, check_prefix, check_slot_mask, linear, linear_cross_entropy, merge_heads,
-                     split_heads)
+from .generation import check_decoding, decode
+from .layers import (IGNORE, KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, check_attention_mask,
+                     check_hook_tensor, check_ids, check_labels, check_prefix, check_slot_mask, linear, linear_cross_entropy,
+                     merge_heads, split_heads)
 
 PAD_ID = 0            # also the decoder's start token
 EOS_ID = 1
@@ -149,7 +149,7 @@ def relative_position_bucket(relative_position, bidirectional, num_buckets, max_
 def shift_right(labels, start_id=PAD_ID, pad_id=PAD_ID):
     """Teacher-forcing decoder inputs: [start, labels[:-1]], with ignored labels (-100) turned into pad."""
     shifted = torch.cat([labels.new_full((labels.shape[0], 1), start_id), labels[:, :-1]], dim=1)
-    return shifted.masked_fill(shifted == -100, pad_id)
+    return shifted.masked_fill(shifted == IGNORE, pad_id)
 
 
 def gelu_tanh(x):
@@ -358,14 +358,14 @@ class T5(nn.Module):
         hidden=True returns the decoder's final hidden states [B, T_dec, d_model] instead of logits.
         return_logits=False (with labels) returns (None, loss) without holding the logits.
         """
-        decoder_input_ids = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoder_input_ids,
-                                               decoder_attention_mask, labels, encoder_out)
-        prefix, prefix_mask = prefix or {}, self._check_hook_masks(prefix, prefix_mask, prompt, prompt_mask)
+        B, decoder_input_ids = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoder_input_ids,
+                                                  decoder_attention_mask, labels, encoder_out)
+        prefix, prefix_mask = prefix or {}, self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
         if hidden and labels is not None:
             raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
         if not return_logits and labels is None:
             raise MiniPeftError("return_logits=False is for training with labels (it returns only the loss); give labels")
-        with bias_deltas(self, bias_delta):
+        with bias_deltas(self, bias_delta, B):
             if encoder_out is None:
                 encoder_out = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
                                            prefix_mask.get("encoder"), prompt_mask)
@@ -383,9 +383,9 @@ class T5(nn.Module):
                prompt_mask=None):
         """Run the encoder once: (hidden [B, P_prompt + T, d_model], mask [B, P_prompt + T] bool).
         The pair is what forward(encoder_out=...) takes. Only prefix["encoder"] is used here."""
-        self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
-        prefix_mask = self._check_hook_masks(prefix or {}, prefix_mask, prompt, prompt_mask)
-        with bias_deltas(self, bias_delta):
+        B, _ = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
+        prefix_mask = self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
+        with bias_deltas(self, bias_delta, B):
             return self._encode(input_ids, attention_mask, (prefix or {}).get("encoder"), prompt,
                                 prefix_mask.get("encoder"), prompt_mask)
 
@@ -438,7 +438,7 @@ class T5(nn.Module):
 
     def _check_inputs(self, input_ids, attention_mask, prefix, prompt, decoder_input_ids=None,
                       decoder_attention_mask=None, labels=None, encoder_out=None, *, decoding=True):
-        """Refuse bad input before computing anything; returns the decoder input ids."""
+        """Refuse bad input before computing anything; returns (batch size, decoder input ids)."""
         cfg = self.config
         device, dtype = self.shared.weight.device, self.shared.weight.dtype
         if prefix is not None and (not isinstance(prefix, dict) or not set(prefix) <= set(PREFIX_KEYS)):
@@ -448,8 +448,7 @@ class T5(nn.Module):
         if encoder_out is None:
             B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
             if attention_mask is not None:
-                if tuple(attention_mask.shape) != (B, T):
-                    raise MiniPeftError(f"attention_mask must have the shape of input_ids {[B, T]}; got {list(attention_mask.shape)}")
+                check_attention_mask("attention_mask", attention_mask, (B, T))
                 if prompt is None and "cross" not in prefix and bool((attention_mask.sum(1) == 0).any()):
                     raise MiniPeftError("attention_mask has a row without any real token; the decoder would attend to nothing")
             if prompt is not None:
@@ -470,7 +469,7 @@ class T5(nn.Module):
             if key in prefix:
                 check_prefix(f"prefix[{key!r}]", prefix[key], n_layer, B, cfg.num_heads, cfg.d_kv, device, dtype)
         if not decoding:
-            return None
+            return B, None
         if labels is not None:
             if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
                 raise MiniPeftError("labels must be a 2-D torch.long tensor [batch, seq] (-100 where no loss is wanted)")
@@ -482,12 +481,13 @@ class T5(nn.Module):
         Bd, Td = check_ids("decoder_input_ids", decoder_input_ids, cfg.vocab_size)
         if Bd != B:
             raise MiniPeftError(f"decoder_input_ids has batch {Bd}, the encoder input {B}")
-        for name, t in (("decoder_attention_mask", decoder_attention_mask), ("labels", labels)):
-            if t is not None and tuple(t.shape) != (B, Td):
-                raise MiniPeftError(f"{name} must have the shape of decoder_input_ids {[B, Td]}; got {list(t.shape)}")
-        return decoder_input_ids
+        if decoder_attention_mask is not None:
+            check_attention_mask("decoder_attention_mask", decoder_attention_mask, (B, Td))
+        if labels is not None and tuple(labels.shape) != (B, Td):
+            raise MiniPeftError(f"labels must have the shape of decoder_input_ids {[B, Td]}; got {list(labels.shape)}")
+        return B, decoder_input_ids
 
-    def _check_hook_masks(self, prefix, prefix_mask, prompt, prompt_mask):
+    def _check_hook_masks(self, B, prefix, prompt, prefix_mask, prompt_mask):
         """Validate prefix_mask {site: [B or 1, P]} and prompt_mask [B or 1, P]; returns prefix_mask as a dict."""
         prefix = prefix or {}
         if prefix_mask is None:
@@ -500,7 +500,7 @@ class T5(nn.Module):
                 raise MiniPeftError("prompt_mask given without prompt")
             checks.append(("prompt_mask", prompt_mask, prompt.shape[1]))
         for name, m, P in checks:
-            check_slot_mask(name, m, None, P)
+            check_slot_mask(name, m, B, P)
         return prefix_mask
 
     # ---- generation --------------------------------------------------------------------------
@@ -516,13 +516,12 @@ class T5(nn.Module):
         sampling (optionally top-k). Rows that emit eos_token_id stop (and are padded with it).
         Returns [B, 1 + n_new] decoder tokens, starting with the start token 0, as transformers does.
         """
-        self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
-        prefix, prefix_mask = prefix or {}, self._check_hook_masks(prefix or {}, prefix_mask, prompt, prompt_mask)
-        if type(max_new_tokens) is not int or max_new_tokens < 0:
-            raise MiniPeftError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-        cfg, w, B = self.config, self.shared.weight, input_ids.shape[0]
+        B, _ = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
+        prefix, prefix_mask = prefix or {}, self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
+        check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
+        cfg, w = self.config, self.shared.weight
         start = input_ids.new_full((B, 1), PAD_ID)
-        with bias_deltas(self, bias_delta):
+        with bias_deltas(self, bias_delta, B):
             hidden, enc_valid = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
                                              prefix_mask.get("encoder"), prompt_mask)
             cross_kv = self._cross_kv(hidden)                                # once, not per step

@@ -347,8 +347,21 @@ def test_bad_hook_inputs_are_refused_before_computing():
         model(ids + 97)
     with pytest.raises(MiniPeftError, match="attention_mask must have the shape"):
         model(ids, torch.ones(2, 5))
+    with pytest.raises(MiniPeftError, match="attention_mask must hold only 1 .* and 0 .* got -inf"):  # an additive mask
+        model(ids, torch.zeros(2, 6).masked_fill(ids > 50, float("-inf")))
     with pytest.raises(MiniPeftError, match="not a bias slot"):
         model(ids, bias_delta={"h.0.attn.c_attn.weight": torch.zeros(96)})
+    with pytest.raises(MiniPeftError, match=r"bias_delta 'h.0.attn.c_attn.bias_query' must be \[32\] or \[2, 32\]; got \[3, 32\]"):
+        model(ids, bias_delta={"h.0.attn.c_attn.bias_query": torch.zeros(3, 32)})
+    with pytest.raises(MiniPeftError, match="bias_delta 'ln_f.bias' is torch.float64 on cpu; the model is torch.float32"):
+        model(ids, bias_delta={"ln_f.bias": torch.zeros(32, dtype=torch.float64)})
+    for bad, match in ((dict(max_new_tokens=-1), "max_new_tokens must be a non-negative integer, got -1"),
+                       (dict(max_new_tokens=2.0), "max_new_tokens must be a non-negative integer, got 2.0"),
+                       (dict(temperature=-0.5), "temperature must be a number >= 0"),
+                       (dict(temperature=1.0, top_k=0), "top_k must be None or an integer >= 1"),
+                       (dict(eos_token_id=-1), "eos_token_id must be None or a token id")):
+        with pytest.raises(MiniPeftError, match=match):
+            model.generate(ids, **bad)
     with pytest.raises(MiniPeftError, match="prefix_mask must have shape"):
         model(ids, prefix=[(torch.zeros(1, 4, 2, 8),) * 2] * 3, prefix_mask=torch.ones(2, 3))
     for bad in (torch.ones(1, 1), torch.ones(2, 1), torch.ones(2), torch.ones(3, 2)):  # generate checks it too
