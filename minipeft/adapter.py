@@ -8,7 +8,10 @@ Adapter file: safetensors with metadata
   minipeft_format  "1"
   method           "bitfit" | "prefix" | "prompt"
   config           JSON of the method's settings
-  base             JSON fingerprint of the base model (architecture, shapes, hash of a few weights)
+  base             JSON fingerprint of the base model (architecture, shapes, hash and sample of a few weights)
+
+Dtype: trainable parameters stay fp32 whatever the model's dtype (the optimizer's small steps
+survive); the hooks cast them to the model's dtype, and gradients flow back through the cast.
 """
 
 import hashlib
@@ -23,17 +26,62 @@ from .errors import MiniPeftError
 FORMAT_VERSION = 1
 
 
+SAMPLE_PER_TENSOR = 8  # values per fingerprinted tensor, spread over it
+SAMPLE_RTOL = 1e-2     # covers bf16 rounding (<= 2**-8 relative) and fp16's; random other weights are far off
+
+
 def fingerprint(model):
-    """A base model's identity: family, config, parameter shapes, and a hash of a few weights."""
+    """A base model's identity: family, size, a hash of its parameter shapes, a hash of the first 256
+    values of ~8 tensors (exact: same weights in the same dtype), and a sample of 8 values spread over
+    each of those tensors, rounded to 4 significant digits (the same weights in another dtype)."""
     h = hashlib.sha256()
     params = dict(model.named_parameters())
     shapes = {name: list(p.shape) for name, p in params.items()}
+    sample = []
     for name in sorted(params)[:: max(1, len(params) // 8)]:  # ~8 tensors spread over the model
+        flat = params[name].detach().reshape(-1)
         h.update(name.encode())
-        h.update(params[name].detach().reshape(-1)[:256].float().cpu().numpy().tobytes())
+        h.update(flat[:256].float().cpu().numpy().tobytes())  # unchanged: older files compare by this hash
+        if flat.numel():  # exact integer spacing (a float linspace rounds past the end of a 38M-value tensor)
+            at = torch.arange(SAMPLE_PER_TENSOR, device=flat.device) * (flat.numel() - 1) // (SAMPLE_PER_TENSOR - 1)
+            sample += [float(f"{v:.4g}") for v in flat[at].float().tolist()]
     return {"arch": model.arch, "n_parameters": sum(p.numel() for p in params.values()),
             "shapes_sha256": hashlib.sha256(json.dumps(shapes, sort_keys=True).encode()).hexdigest()[:16],
-            "weights_sha256": h.hexdigest()[:16]}
+            "weights_sha256": h.hexdigest()[:16], "sample": sample}
+
+
+def same_base(saved, current):
+    """Whether fingerprint `saved` (from a file: any JSON) and fingerprint `current` name the same base
+    model: same arch, size and shapes, and either the same weights hash or (the same weights in
+    another dtype) samples within SAMPLE_RTOL. Files from before the sample compare by hash only."""
+    if not isinstance(saved, dict) or any(saved.get(k) != current[k] for k in ("arch", "n_parameters", "shapes_sha256")):
+        return False
+    if saved.get("weights_sha256") == current["weights_sha256"]:
+        return True
+    a, b = saved.get("sample"), current.get("sample")
+    if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b) or not all(type(x) is float for x in a):
+        return False  # (a file's sample is JSON floats: a huge JSON int would overflow the comparison)
+    return all(abs(x - y) <= SAMPLE_RTOL * abs(y) + 1e-6 for x, y in zip(a, b))  # atol: fp16's tiny values
+
+
+def model_dtype(model):
+    """The dtype hook tensors must have to reach `model` (its weights' dtype)."""
+    return model.input_embeddings().weight.dtype
+
+
+def last_token_index(input_ids, attention_mask=None):
+    """[B] index of each row's last real token (attention_mask 1), for left or right padding."""
+    B, T = input_ids.shape
+    if attention_mask is None:
+        return torch.full((B,), T - 1, dtype=torch.long, device=input_ids.device)
+    if tuple(attention_mask.shape) != (B, T):
+        raise MiniPeftError(f"attention_mask must have the shape of input_ids {[B, T]}; got {list(attention_mask.shape)}")
+    position = torch.arange(T, device=attention_mask.device).expand(B, T)
+    last = position.masked_fill(~attention_mask.bool(), -1).max(1).values  # -1: a row without real tokens
+    if bool((last < 0).any()):
+        raise MiniPeftError(f"attention_mask rows {(last < 0).nonzero()[:, 0].tolist()[:5]} have no real token (all 0); "
+                            f"every row needs at least one 1")
+    return last
 
 
 def count_parameters(params):
@@ -125,6 +173,15 @@ def check_adapter_metadata(meta, path, method, model):
         raise MiniPeftError(f"{path}: adapter format {version} is newer than this minipeft reads ({FORMAT_VERSION}); upgrade minipeft")
     if meta["method"] != method:
         raise MiniPeftError(f"{path}: this is a {meta['method']!r} adapter; load it with that method, not {method!r}")
-    if base != fingerprint(model):
+    current = fingerprint(model)
+    if not same_base(base, current):
+        shown = {k: v for k, v in current.items() if k != "sample"}
+        if isinstance(base, dict) and "sample" not in base and \
+                all(base.get(k) == current[k] for k in ("arch", "n_parameters", "shapes_sha256")):
+            raise MiniPeftError(f"{path}: the adapter was trained on a different base model, or on this one in another dtype "
+                                f"(this file comes from an older minipeft, whose fingerprint is over the weights as stored: "
+                                f"saved {base}, this model {shown}); load the base model it was trained on, in the dtype "
+                                f"it was trained in (e.g. torch.float32)")
+        base = {k: v for k, v in base.items() if k != "sample"} if isinstance(base, dict) else base
         raise MiniPeftError(f"{path}: the adapter was trained on a different base model "
-                            f"(saved {base}, this model {fingerprint(model)}); load the base model it was trained on")
+                            f"(saved {str(base)[:300]}, this model {shown}); load the base model it was trained on")

@@ -11,7 +11,7 @@ Rows may mix methods. A row equals running its task alone (the tests check < 1e-
 import torch
 import torch.nn as nn
 
-from .adapter import Adapter, fingerprint
+from .adapter import Adapter, fingerprint, model_dtype, same_base
 from .errors import MiniPeftError
 from .prefix import PrefixTuning
 from .prompt import PromptTuning
@@ -26,18 +26,29 @@ class AdapterBank(nn.Module):
         for name, a in adapters.items():
             if not isinstance(a, Adapter):
                 raise MiniPeftError(f"task {name!r}: expected a minipeft adapter, got {type(a).__name__}")
-            if a.model is not model and fingerprint(a.model) != base:
+            if a.model is not model and not same_base(fingerprint(a.model), base):
                 raise MiniPeftError(f"task {name!r}: its adapter was made for a different base model")
+            if model_dtype(a.model) != model_dtype(model):
+                raise MiniPeftError(f"task {name!r}: its adapter runs a {model_dtype(a.model)} copy of the model, the bank a "
+                                    f"{model_dtype(model)} one; load the adapter onto the bank's model")
             if isinstance(a, PromptTuning) and a.n_ensemble != 1:
                 raise MiniPeftError(f"task {name!r}: an ensemble of prompts; add its members (.member(k)) as tasks")
             if isinstance(a, PrefixTuning) and a.where == "infix":
                 raise MiniPeftError(f"task {name!r}: infix adapters need per-row infix positions; run them alone")
-        self.adapters = dict(adapters)
+        # a ModuleList, so that .eval(), .to() and .parameters() reach every adapter (task names are
+        # free text: a ModuleDict would refuse names with dots)
+        self.adapter_list = nn.ModuleList(adapters.values())
+        self.index = {name: i for i, name in enumerate(adapters)}
+
+    @property
+    def adapters(self):
+        """{task name: adapter}"""
+        return {name: self.adapter_list[i] for name, i in self.index.items()}
 
     def hooks(self, tasks):
-        unknown = sorted({t for t in tasks if t not in self.adapters})
+        unknown = sorted({t for t in tasks if t not in self.index})
         if unknown:
-            raise MiniPeftError(f"unknown task(s) {unknown}; the bank has {sorted(self.adapters)}")
+            raise MiniPeftError(f"unknown task(s) {unknown}; the bank has {sorted(self.index)}")
         rows = [self._row_hooks(t) for t in tasks]
         out = {}
         deltas = [r.get("bias_delta", {}) for r in rows]
@@ -62,7 +73,7 @@ class AdapterBank(nn.Module):
         return out
 
     def _row_hooks(self, task):
-        a = self.adapters[task]
+        a = self.adapter_list[self.index[task]]
         if isinstance(a, PrefixTuning) and a.where != "embedding":
             return {"prefix_sites": a.sites()}
         return a.hooks(1)

@@ -15,7 +15,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from .adapter import Adapter
+from .adapter import Adapter, last_token_index, model_dtype
 from .errors import MiniPeftError
 from .layers import bias_slots
 
@@ -40,9 +40,12 @@ class BitFit(Adapter):
 
     def __init__(self, model, terms="all", slots=None, n_classes=None):
         """terms: 'all', 'paper' (query + mlp_in) or a list of roles; slots: explicit slot names
-        instead (e.g. a random subset for an ablation); n_classes: add a trainable task head
-        (Linear(d_model, n_classes) on the last real token, or T5's first decoder position)."""
+        instead (one name or a list, e.g. a random subset for an ablation); n_classes: add a
+        trainable task head (Linear(d_model, n_classes) on the last real token, or T5's first
+        decoder position). Deltas and head are fp32 whatever the model's dtype."""
         super().__init__(model)
+        if n_classes is not None and (type(n_classes) is not int or n_classes < 2):
+            raise MiniPeftError(f"n_classes must be an int >= 2 (or None for no task head); got {n_classes!r}")
         all_slots = {name: module.parts[role] for name, module, _, role in bias_slots(model)}
         roles = {name: role for name, _, _, role in bias_slots(model)}
         if slots is None:
@@ -50,10 +53,16 @@ class BitFit(Adapter):
             slots = [name for name in all_slots if roles[name] in self.terms]
         else:
             self.terms = None
+            slots = [slots] if isinstance(slots, str) else list(slots)  # one slot name, or a list of them
             unknown = [s for s in slots if s not in all_slots]
             if unknown:
                 raise MiniPeftError(f"not bias slots of this model: {unknown[:5]}")
-        self.slots = list(slots)
+            repeated = sorted({s for s in slots if slots.count(s) > 1})
+            if repeated:
+                raise MiniPeftError(f"bias slots given more than once: {repeated[:5]}; name each slot once")
+        if not slots:
+            raise MiniPeftError(f"BitFit needs at least one bias slot to train; got none (terms={terms!r}, slots={slots!r})")
+        self.slots = slots
         # nn.ParameterDict keys cannot contain dots: index by position, names kept in self.slots
         self.deltas = nn.ParameterList(nn.Parameter(torch.zeros(all_slots[s], device=_device(model))) for s in self.slots)
         d_model = model.input_embeddings().weight.shape[1]
@@ -63,7 +72,8 @@ class BitFit(Adapter):
         return {"slots": self.slots, "n_classes": None if self.head is None else self.head.out_features}
 
     def hooks(self, batch_size):
-        return {"bias_delta": dict(zip(self.slots, self.deltas))}
+        dtype = model_dtype(self.model)  # the fp32 deltas reach a bf16/fp16 model in its dtype
+        return {"bias_delta": {name: d.to(dtype) for name, d in zip(self.slots, self.deltas)}}
 
     def adapter_state(self):
         state = dict(zip(self.slots, self.deltas))
@@ -75,7 +85,8 @@ class BitFit(Adapter):
         self._load_named(tensors, self.adapter_state(), path)
 
     def classify(self, input_ids, attention_mask=None):
-        """Task-head logits [B, n_classes]: GPT-2 reads the last real token, T5 the first decoder step."""
+        """Task-head logits [B, n_classes] (fp32): GPT-2 reads the last real token (left or right
+        padding), T5 the first decoder step."""
         if self.head is None:
             raise MiniPeftError("this BitFit has no task head: create it with n_classes=")
         B = input_ids.shape[0]
@@ -83,9 +94,9 @@ class BitFit(Adapter):
             start = torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)
             h = self(input_ids, start, attention_mask, hidden=True)[:, 0]
         else:
-            last = (attention_mask.sum(1) - 1) if attention_mask is not None else torch.full((B,), input_ids.shape[1] - 1)
-            h = self(input_ids, attention_mask, hidden=True)[torch.arange(B), last]
-        return self.head(h)
+            last = last_token_index(input_ids, attention_mask)  # [B], checked before the forward
+            h = self(input_ids, attention_mask, hidden=True)[torch.arange(B, device=last.device), last]
+        return self.head(h.to(self.head.weight.dtype))  # a bf16 model's hidden state, into the fp32 head
 
     def merged(self):
         """A plain copy of the model with the trained biases written in (absent slots enabled)."""

@@ -74,11 +74,12 @@ def load_peft(model, folder):
             adapter.prompt.copy_(table[:P][None].to(device))  # encoder rows first, as peft uses them
         return adapter
     if kind == "PREFIX_TUNING" and model.arch == "gpt":
-        adapter = PrefixTuning(model, P, reparam=False)
-        want = adapter.prefix["self"].shape
-        if table.shape != want:
-            raise MiniPeftError(f"{weights}: prompt_embeddings has shape {list(table.shape)}; expected {list(want)} "
+        (L, H, D), = model.prefix_sites().values()
+        want = [P, L * 2 * H * D]  # checked before the adapter allocates [P, width]
+        if list(table.shape) != want:
+            raise MiniPeftError(f"{weights}: prompt_embeddings has shape {list(table.shape)}; expected {want} "
                                 f"(a prefix_projection adapter must be saved by peft, which saves the projected prefix)")
+        adapter = PrefixTuning(model, P, reparam=False)
         with torch.no_grad():
             adapter.prefix["self"].copy_(table.to(device))
         return adapter

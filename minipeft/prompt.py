@@ -12,19 +12,40 @@ prompt hook. Initialisations, as in the paper:
 
 Ensembling: n_ensemble=K prompts for one task. The batch is repeated K times, each copy with its
 own prompt, so the frozen model runs once for all K; `classify` votes by majority.
+
+The prompt is fp32 whatever the model's dtype; it reaches a bf16/fp16 model cast to that dtype.
 """
 
 import torch
 import torch.nn as nn
 
-from .adapter import Adapter
+from .adapter import Adapter, last_token_index, model_dtype
 from .errors import MiniPeftError
 
 TOP_VOCAB = 5000
 
 
+def token_ids(name, ids, vocab_size):
+    """A text's token ids (a list of ints, a 1-D integer tensor, or one int) as a 1-D long tensor."""
+    try:
+        t = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is not None and t.numel() == 0:
+        raise MiniPeftError(f"{name} is empty; give the token ids of a text")
+    if t is None or t.dim() > 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        got = f"{t.dtype} tensor of shape {list(t.shape)}" if t is not None else repr(ids)[:100]
+        raise MiniPeftError(f"{name} must be token ids: a list of ints or a 1-D integer tensor; got {got}")
+    if bool((t < 0).any()) or bool((t >= vocab_size).any()):
+        raise MiniPeftError(f"{name} has ids outside the vocabulary [0, {vocab_size}): {t.tolist()[:10]}")
+    return t.long().reshape(-1)
+
+
 def init_prompt(embeddings, n_prompt, init="random", *, label_ids=None, text_ids=None, token_counts=None, generator=None):
-    """One prompt [P, d] from the input embedding matrix [V, d]."""
+    """One prompt [P, d] from the input embedding matrix [V, d], in its dtype.
+
+    label_ids: one entry per class, each a list of ints or a 1-D tensor (a 1-D tensor of C ids is
+    C one-token labels); text_ids: a list of ints or a 1-D tensor."""
     V, d = embeddings.shape
     E = embeddings.detach()
 
@@ -38,15 +59,16 @@ def init_prompt(embeddings, n_prompt, init="random", *, label_ids=None, text_ids
     if init == "vocab":
         return sample_vocab(n_prompt).clone()
     if init == "labels":
-        if not label_ids or len(label_ids) > n_prompt:
-            raise MiniPeftError(f"init='labels' needs between 1 and n_prompt={n_prompt} labels; got {len(label_ids or [])}")
-        labels = torch.stack([E[torch.as_tensor(ids, device=E.device)].mean(0) for ids in label_ids])
-        return torch.cat([labels, sample_vocab(n_prompt - len(label_ids))]).clone()
+        n_labels = 0 if label_ids is None else len(label_ids)
+        if not 1 <= n_labels <= n_prompt:
+            raise MiniPeftError(f"init='labels' needs between 1 and n_prompt={n_prompt} labels; got {n_labels}")
+        labels = torch.stack([E[token_ids(f"label_ids[{c}]", ids, V).to(E.device)].mean(0) for c, ids in enumerate(label_ids)])
+        return torch.cat([labels, sample_vocab(n_prompt - n_labels)]).clone()
     if init == "text":
-        if not text_ids:
+        if text_ids is None:
             raise MiniPeftError("init='text' needs text_ids, the token ids of the text")
-        ids = torch.as_tensor(text_ids, device=E.device).repeat(n_prompt // len(text_ids) + 1)[:n_prompt]
-        return E[ids].clone()
+        ids = token_ids("text_ids", text_ids, V).to(E.device)
+        return E[ids.repeat(n_prompt // len(ids) + 1)[:n_prompt]].clone()
     raise MiniPeftError(f"unknown prompt init {init!r}; choose 'random', 'vocab', 'labels' or 'text'")
 
 
@@ -62,7 +84,7 @@ class PromptTuning(Adapter):
         E = model.input_embeddings().weight
         self.prompt = nn.Parameter(torch.stack([
             init_prompt(E, n_prompt, init, label_ids=label_ids, text_ids=text_ids, token_counts=token_counts, generator=g)
-            for _ in range(n_ensemble)]))                                       # [K, P, d]
+            for _ in range(n_ensemble)]).float())                               # [K, P, d], fp32
 
     @property
     def n_ensemble(self):
@@ -78,10 +100,10 @@ class PromptTuning(Adapter):
         self._load_named(tensors, {"prompt": self.prompt}, path)
 
     def hooks(self, batch_size):
-        K = self.n_ensemble
+        K, prompt = self.n_ensemble, self.prompt.to(model_dtype(self.model))  # in the model's dtype
         if K == 1:
-            return {"prompt": self.prompt}                                      # [1, P, d], broadcast
-        return {"prompt": self.prompt.repeat_interleave(batch_size // K, 0)}   # rows are K copies of the batch
+            return {"prompt": prompt}                                      # [1, P, d], broadcast
+        return {"prompt": prompt.repeat_interleave(batch_size // K, 0)}   # rows are K copies of the batch
 
     def _repeat(self, x, B):
         return x.repeat(self.n_ensemble, *([1] * (x.dim() - 1))) if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == B else x
@@ -102,6 +124,8 @@ class PromptTuning(Adapter):
 
     def member(self, k):
         """Prompt k of an ensemble as a single-prompt adapter (sharing the model)."""
+        if type(k) is not int or not 0 <= k < self.n_ensemble:
+            raise MiniPeftError(f"member k must be an int in [0, {self.n_ensemble}) (this ensemble has {self.n_ensemble} prompts); got {k!r}")
         single = PromptTuning.__new__(PromptTuning)
         Adapter.__init__(single, self.model)
         single.prompt = nn.Parameter(self.prompt[k:k + 1].detach().clone())
@@ -125,7 +149,7 @@ class PromptTuning(Adapter):
 def class_scores(model, input_ids, attention_mask, label_token_ids, **forward_kwargs):
     """Scores [B, C] of each class's first label token at the next position.
 
-    GPT: the logits after the last real token (right padding). T5: the first decoder step.
+    GPT: the logits after the last real token (left or right padding). T5: the first decoder step.
     `model` is a model or an adapter wrapping one.
     """
     base = model.model if isinstance(model, Adapter) else model
@@ -134,9 +158,8 @@ def class_scores(model, input_ids, attention_mask, label_token_ids, **forward_kw
         start = torch.zeros(input_ids.shape[0], 1, dtype=torch.long, device=input_ids.device)
         logits = model(input_ids, start, attention_mask, **forward_kwargs)[:, 0]
     else:
+        last = last_token_index(input_ids, attention_mask)                # [B], checked before the forward
         logits = model(input_ids, attention_mask, **forward_kwargs)      # [B', T, V]
-        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        last = mask.sum(1) - 1
         last = last.repeat(logits.shape[0] // len(last))                  # ensembles repeat the batch
-        logits = logits[torch.arange(logits.shape[0]), last]
+        logits = logits[torch.arange(logits.shape[0], device=last.device), last]
     return logits[:, labels]

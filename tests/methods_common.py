@@ -1,6 +1,7 @@
 """Shared helpers for the tests: tiny models, a toy task, a short training loop, a thread count."""
 
 import contextlib
+import copy
 
 import torch
 
@@ -94,3 +95,63 @@ def threads(n):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def exit_status(script_main, *argv):
+    """A script's main(argv) run in this process: its exit status (0 when it returns)."""
+    try:
+        script_main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def nudge(adapter, scale=0.1, seed=0):
+    """Move every trainable parameter a little, as if trained (a zero delta or head would hide bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.trainable_parameters():
+            p.add_((torch.randn(p.shape, generator=g) * scale).to(p.device))
+    return adapter
+
+
+def bf16_twins(make, model):
+    """(fp32 adapter, the same adapter on a bf16 copy of `model`): make(model) builds one; the
+    second's parameters are copied from the first's (nudged as if trained)."""
+    a32 = nudge(make(model))
+    a16 = make(copy.deepcopy(model).to(torch.bfloat16))
+    with torch.no_grad():
+        for p16, p32 in zip(a16.trainable_parameters(), a32.trainable_parameters()):
+            p16.copy_(p32)
+    return a32, a16
+
+
+def check_bf16_model(make, model):
+    """An adapter on a bf16 model keeps fp32 parameters, which get finite fp32 gradients; its loss and
+    gradients are within bf16 rounding of the fp32 model's; generate's first token is forward's best."""
+    a32, a16 = bf16_twins(make, model)
+    if model.arch == "t5":
+        ids, labels = toy_seq2seq(61, batch=4)
+        loss_of = lambda a: a(ids, labels=labels)[1]  # noqa: E731
+    else:
+        ids = toy_batch(61, batch=4)
+        loss_of = lambda a: a(ids, labels=toy_labels(ids))[1]  # noqa: E731
+    results = []
+    for a in (a32, a16):
+        loss = loss_of(a)
+        loss.backward()
+        params = [p for p in a.trainable_parameters() if p.grad is not None]
+        assert params and all(p.dtype == p.grad.dtype == torch.float32 and bool(p.grad.isfinite().all()) for p in params)
+        results.append((loss.detach().float(), torch.cat([p.grad.flatten() for p in params])))
+    (loss32, grad32), (loss16, grad16) = results
+    torch.testing.assert_close(loss16, loss32, rtol=3e-2, atol=0)
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.995
+    with torch.no_grad():  # generate on the bf16 model: its first new token is the forward pass's argmax
+        if model.arch == "t5":
+            first = a16.generate(ids, max_new_tokens=2)[:, 1]
+            logits = a16(ids, torch.zeros(4, 1, dtype=torch.long))[:, 0].float()
+        else:
+            first = a16.generate(ids[:, :6], max_new_tokens=2)[:, 6]
+            logits = a16(ids[:, :6])[:, -1].float()
+    assert bool((logits.gather(1, first[:, None])[:, 0] >= logits.max(1).values - 0.1).all())  # bf16: near-ties may flip
+    return a32, a16

@@ -64,3 +64,34 @@ def test_bank_errors(bank):
         b(ids, tasks=["bitfit-all"])
     with pytest.raises(MiniPeftError, match="different base model"):
         AdapterBank(model, {"x": BitFit(tiny_gpt(seed=5))})
+
+
+def test_bank_is_a_module_over_its_adapters():
+    """eval()/train(), .to() and .parameters() reach every adapter; task names are free text."""
+    model = tiny_gpt()
+    noisy = PrefixTuning(model, 3, hidden=16, dropout=0.5)
+    b = AdapterBank(model, {"e2e.v1": noisy, "sst-2/bitfit": BitFit(model)})
+    ids = toy_batch(61, batch=2)
+    b.train()
+    assert noisy.training and b.adapters["e2e.v1"] is noisy
+    b.eval()
+    assert not noisy.training
+    with torch.no_grad():  # dropout off: two calls agree, and equal the adapter alone
+        first, second = b(ids, tasks=["e2e.v1"] * 2), b(ids, tasks=["e2e.v1"] * 2)
+        assert torch.equal(first, second)
+        assert (first - noisy(ids)).abs().max() < 1e-5
+    trainable = {id(p) for p in b.parameters() if p.requires_grad}
+    assert trainable == {id(p) for a in b.adapters.values() for p in a.trainable_parameters()}
+    assert b.to(torch.float64).adapters["sst-2/bitfit"].deltas[0].dtype == torch.float64
+
+
+def test_bank_takes_a_copy_of_its_model_but_not_one_in_another_dtype():
+    import copy
+    model = tiny_gpt()
+    same = BitFit(copy.deepcopy(model))
+    b = AdapterBank(model, {"copy": same})
+    ids = toy_batch(61, batch=1)
+    with torch.no_grad():
+        assert torch.equal(b(ids, tasks=["copy"]), same(ids))
+    with pytest.raises(MiniPeftError, match="its adapter runs a torch.bfloat16 copy of the model, the bank a torch.float32 one"):
+        AdapterBank(model, {"bf16": BitFit(copy.deepcopy(model).to(torch.bfloat16))})

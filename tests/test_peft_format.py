@@ -115,3 +115,23 @@ def test_t5_prompt_tuning_both_ways(t5_base, tmp_path):
     loaded = load_peft(T5.from_pretrained(t5_base), tmp_path / "theirs")
     with torch.no_grad():
         assert (loaded(ids, dec) - _t5_logits(theirs, ids, dec)).abs().max() < 1e-5
+
+
+def test_prefix_shape_is_checked_before_allocating(base, tmp_path):
+    """A config asking for far more virtual tokens than the tensor holds is refused before the
+    adapter allocates [P, width] for them (2**40 x 256 floats would be 1 PB)."""
+    import resource
+    from minipeft import checkpoint, safetensors
+    model = GPT.from_pretrained(base)
+    safetensors.save(tmp_path / "adapter_model.safetensors", {"prompt_embeddings": torch.zeros(4, 2 * 2 * 32)}, {"format": "pt"})
+    config = {"peft_type": "PREFIX_TUNING", "task_type": "CAUSAL_LM", "token_dim": 32}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for P, message in [(2**40, rf"prompt_embeddings has shape \[4, 128\]; expected \[{2**40}, 128\]"),
+                       (5, r"prompt_embeddings has shape \[4, 128\]; expected \[5, 128\]"),
+                       ("4", "num_virtual_tokens must be an integer >= 1, got '4'"), (0, "num_virtual_tokens must be an integer >= 1, got 0")]:
+        checkpoint.write_json(tmp_path / "adapter_config.json", {**config, "num_virtual_tokens": P})
+        with pytest.raises(MiniPeftError, match=message):
+            load_peft(model, tmp_path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB
+    checkpoint.write_json(tmp_path / "adapter_config.json", {**config, "num_virtual_tokens": 4})
+    assert torch.equal(load_peft(model, tmp_path).prefix["self"], torch.zeros(4, 128))

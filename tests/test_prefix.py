@@ -150,3 +150,30 @@ def test_bf16_autocast_gives_the_fp32_loss_and_gradients(arch):
     assert loss16.dtype == torch.float32
     torch.testing.assert_close(loss16, loss32, rtol=2e-2, atol=0)
     assert torch.nn.functional.cosine_similarity(grad16.flatten(), grad32.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("arch, kwargs", [
+    ("gpt", dict(hidden=16)), ("gpt", dict(reparam=False)), ("gpt", dict(where="embedding", hidden=16)),
+    ("gpt", dict(hidden=16, init_ids=[3, 14])), ("t5", dict(hidden=16)), ("t5", dict(reparam=False)),
+])
+def test_bf16_model_trains_and_generates_like_fp32(arch, kwargs):
+    from tests.methods_common import check_bf16_model, tiny_t5
+    _, a16 = check_bf16_model(lambda m: PrefixTuning(m, 3, **kwargs), tiny_gpt() if arch == "gpt" else tiny_t5())
+    assert all(p.dtype == torch.float32 for p in a16.trainable_parameters())
+    assert all(t.dtype == torch.float32 for t in a16.adapter_state().values())  # files hold the fp32 prefix
+
+
+def test_infix_at_is_one_int_or_one_per_row_and_checked():
+    adapter = PrefixTuning(tiny_gpt(), 3, where="infix", reparam=False)
+    ids = toy_batch(61, batch=2)
+    with torch.no_grad():
+        assert torch.equal(adapter(ids, infix_at=5), adapter(ids, infix_at=torch.tensor([5, 5])))
+        assert torch.equal(adapter(ids, infix_at=[5, 8]), adapter(ids, infix_at=torch.tensor([5, 8])))
+    need = r"infix_at: the index \(0 to 16\) of the first token of y, one int for all rows or 2 ints \(one per row\)"
+    for bad, got in [([5, 8, 9], r"torch.int64 of shape \[3\]"), ([5.0, 8.0], r"torch.float32 of shape \[2\]"),
+                     (torch.tensor([[5, 8]]), r"torch.int64 of shape \[1, 2\]"), ("5", "'5'"), ([-1, 3], r"\[-1, 3\]"),
+                     (17, "17")]:
+        with pytest.raises(MiniPeftError, match=f"{need}; got (a )?{got}"):
+            adapter(ids, infix_at=bad)
+    with pytest.raises(MiniPeftError, match=f"needs {need}"):
+        adapter.generate(ids)

@@ -109,3 +109,58 @@ def test_save_load_and_file_errors(tmp_path):
         safetensors.save(path, tensors, {**meta, "config": json.dumps({"n_prompt": n_prompt, "n_ensemble": 1})})
         with pytest.raises(MiniPeftError, match=f"n_prompt={n_prompt} is larger than any dimension of the saved tensors"):
             PromptTuning.load(tiny_gpt(), path)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "t5"])
+def test_bf16_model_trains_and_generates_like_fp32(arch):
+    from tests.methods_common import check_bf16_model, tiny_t5
+    _, a16 = check_bf16_model(lambda m: PromptTuning(m, 3), tiny_gpt() if arch == "gpt" else tiny_t5())
+    assert a16.prompt.dtype == torch.float32 and a16.hooks(1)["prompt"].dtype == torch.bfloat16
+
+
+def test_class_scores_read_the_last_real_token_with_left_or_right_padding():
+    from minipeft.prompt import class_scores
+    adapter = PromptTuning(tiny_gpt(), 4, "vocab", n_ensemble=2)
+    ids = toy_batch(61, batch=2)
+    short = ids[0, :9]
+    pad = torch.zeros(7, dtype=torch.long)
+    right, left = torch.stack([torch.cat([short, pad]), ids[1]]), torch.stack([torch.cat([pad, short]), ids[1]])
+    mask_right, mask_left = torch.ones_like(ids), torch.ones_like(ids)
+    mask_right[0, 9:] = 0
+    mask_left[0, :7] = 0
+    labels = [[3], [7], [8]]
+    with torch.no_grad():
+        alone = class_scores(adapter, short[None], None, labels)                   # [K * 1, C]
+        other = class_scores(adapter, ids[1:], None, labels)
+        for batch, mask in ((right, mask_right), (left, mask_left)):
+            scores = class_scores(adapter, batch, mask, labels).view(2, 2, 3)      # [K, B, C]
+            assert (scores[:, 0] - alone).abs().max() < 1e-5
+            assert (scores[:, 1] - other).abs().max() < 1e-5
+            per_prompt, _ = adapter.classify(batch, mask, labels)
+            assert torch.equal(per_prompt[:, 0], alone.argmax(-1))
+
+
+def test_token_ids_as_tensors_or_lists():
+    model = tiny_gpt()
+    as_list = PromptTuning(model, 5, "text", text_ids=[3, 1, 4]).prompt
+    assert torch.equal(PromptTuning(model, 5, "text", text_ids=torch.tensor([3, 1, 4])).prompt, as_list)
+    labels = PromptTuning(model, 4, "labels", label_ids=[[5, 6], [11, 12]], seed=1).prompt
+    assert torch.equal(PromptTuning(model, 4, "labels", label_ids=torch.tensor([[5, 6], [11, 12]]), seed=1).prompt, labels)
+    one_token = PromptTuning(model, 4, "labels", label_ids=torch.tensor([5, 11]), seed=1).prompt  # C one-token labels
+    assert torch.equal(one_token, PromptTuning(model, 4, "labels", label_ids=[[5], [11]], seed=1).prompt)
+    for bad, message in [(torch.tensor([3.0, 1.0]), "must be token ids.*got torch.float32 tensor of shape \\[2\\]"),
+                         (torch.tensor([[3, 1]]), "must be token ids.*got torch.int64 tensor of shape \\[1, 2\\]"),
+                         ("hello", "must be token ids"), ([3, 61], r"ids outside the vocabulary \[0, 61\): \[3, 61\]"),
+                         (torch.tensor([], dtype=torch.long), "text_ids is empty")]:
+        with pytest.raises(MiniPeftError, match=message):
+            PromptTuning(model, 4, "text", text_ids=bad)
+    with pytest.raises(MiniPeftError, match=r"label_ids\[1\] has ids outside the vocabulary"):
+        PromptTuning(model, 4, "labels", label_ids=[[5], [-1]])
+
+
+def test_member_index_is_checked():
+    adapter = PromptTuning(tiny_gpt(), 4, "vocab", n_ensemble=3)
+    assert torch.equal(adapter.member(2).prompt, adapter.prompt[2:3])
+    for k in (-1, 3, 1.0):
+        with pytest.raises(MiniPeftError, match=rf"member k must be an int in \[0, 3\).*got {k!r}"):
+            adapter.member(k)
