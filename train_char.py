@@ -17,6 +17,8 @@ A checkpoint is written to --out at every evaluation: model/ (config.json + mode
 loadable with GPT.from_pretrained), tokenizer.json, and train_state.pt (optimizer, step, RNG,
 tokenizer) for --resume. Each step's batch depends only on (--seed, step), so a run that is
 stopped and resumed ends with the same weights as one that ran straight through (on CPU).
+Ctrl-C during pretraining finishes the current step, saves the checkpoint and exits; a second
+Ctrl-C stops at once.
 
 `pretrain(args)` is the reusable part: later scripts fine-tune the model it returns.
 """
@@ -31,13 +33,13 @@ from tqdm import tqdm
 
 from minipeft import GPT, T5, GPTConfig, MiniPeftError, T5Config
 from minipeft import finetune as ft
-from minipeft.adapter import Adapter
+from minipeft.adapter import Adapter, count_parameters
 from minipeft.atomic import atomic_write
 from minipeft.corpus import default_corpus
-from minipeft.tasks import SENTIMENT_LABELS, e2e, sentiment
+from minipeft.tasks import SENTIMENT_LABELS
 from minipeft.textdata import read_text
 from minipeft.tokenizer import CharTokenizer
-from minipeft.train import check_run_args
+from minipeft.train import CtrlC, check_run_args, restore_rng, rng_state, step_seed
 
 STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
@@ -128,21 +130,22 @@ def get_batch(data, batch_size, block_size, generator):
 
 
 def step_generator(seed, step):
-    """The batch of a step depends only on (seed, step), so a resumed run draws what a straight run would."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+    """The generator of a step's batch, seeded by minipeft.train.step_seed(seed, step)."""
+    return torch.Generator().manual_seed(step_seed(seed, step))
 
 
 # ---- model, optimizer, schedule -------------------------------------------------------------------
 
-def make_optimizer(model, args):
-    """AdamW; weight decay on matrices and embeddings only, not on biases and norms."""
+def pretrain_optimizer(model, args):
+    """AdamW for pretraining: weight decay 0.1 on matrices and embeddings only, not on biases and
+    norms (minipeft.train.make_optimizer, for fine-tuning, gives every parameter the same decay)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99))
 
 
-def lr_at(step, args):
+def cosine_lr(step, args):
     """Linear warmup to --lr, then cosine decay to lr/10 at the last step."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
@@ -166,7 +169,8 @@ def new_model(args, vocab_size):
     return GPT(GPTConfig.named("char", vocab_size=vocab_size))
 
 
-def load_model(path, args):
+def load_saved_model(path, args):
+    """The model saved in the folder `path` (a GPT or, with --arch t5, a T5), on --device."""
     return (T5 if args.arch == "t5" else GPT).from_pretrained(path).to(args.device)
 
 
@@ -192,13 +196,11 @@ def save_checkpoint(out, model, optimizer, tokenizer, step, args):
     model.save_pretrained(os.path.join(out, MODEL_DIR))
     with atomic_write(os.path.join(out, "tokenizer.json"), "w") as f:
         f.write(tokenizer.to_json())
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng, "tokenizer": tokenizer.to_json(),
+    state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(), "tokenizer": tokenizer.to_json(),
              "args": dict(vars(args)), "model_sha256": _weights_hash(out)}
     with atomic_write(os.path.join(out, STATE_FILE)) as f:
         torch.save(state, f)
+    args.saved_step = step  # for the message if the run is interrupted
 
 
 def load_checkpoint(out, args):
@@ -208,20 +210,21 @@ def load_checkpoint(out, args):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise MiniPeftError(f"{path}: not a readable training state ({type(e).__name__}); start again without --resume") from None
-    if not isinstance(state, dict) or not {"step", "optimizer", "rng", "tokenizer", "args", "model_sha256"} <= state.keys():
-        raise MiniPeftError(f"{path}: not a train_char.py training state; start again without --resume")
+    if not isinstance(state, dict):
+        raise MiniPeftError(f"{path}: not a train_char.py training state (not a dict); start again without --resume")
+    missing = {"step", "optimizer", "rng", "tokenizer", "args", "model_sha256"} - state.keys()
+    if missing:
+        raise MiniPeftError(f"{path}: not a train_char.py training state (it lacks {sorted(missing)}); start again without --resume")
     if state["model_sha256"] != _weights_hash(out):
         raise MiniPeftError(f"{out}: {MODEL_DIR}/ and {STATE_FILE} are from different steps (a save was interrupted); "
                             "start again without --resume")
-    model = load_model(os.path.join(out, MODEL_DIR), args).train()
-    optimizer = make_optimizer(model, args)
+    model = load_saved_model(os.path.join(out, MODEL_DIR), args).train()
+    optimizer = pretrain_optimizer(model, args)
     try:
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as e:
         raise MiniPeftError(f"{path}: the optimizer state does not fit the model ({e})") from None
-    torch.set_rng_state(state["rng"]["cpu"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    restore_rng(state["rng"], path)
     changed = [f"--{k.replace('_', '-')}" for k in ("data", "batch_size", "block_size", "lr", "warmup", "seed", "steps")
                if state["args"].get(k) != getattr(args, k)]
     if changed:
@@ -238,30 +241,36 @@ def _weights_hash(out):
 
 def train(model, optimizer, tokenizer, train_data, val_data, args, start_step=0):
     """Run steps start_step .. --steps (or --stop-at), evaluating and saving every --eval-every steps.
-    Returns the last (train loss, val loss)."""
+    A first Ctrl-C finishes the current step, saves a checkpoint and stops. Returns the last (train loss, val loss)."""
     end = args.stop_at or args.steps
-    bar = tqdm(range(start_step, end), initial=start_step, total=end, desc="train", dynamic_ncols=True)
     train_loss = val_loss = float("nan")
     recent = []  # training losses since the last evaluation
     model.train()
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args)
-        x = get_batch(train_data, args.batch_size, args.block_size, step_generator(args.seed, step)).to(args.device)
-        loss = lm_loss(model, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        recent.append(loss.item())
-        bar.set_postfix(loss=f"{recent[-1]:.3f}", val=f"{val_loss:.3f}")
-        done = step + 1
-        if done % args.eval_every == 0 or done == end:
-            train_loss, recent = sum(recent) / len(recent), []
-            val_loss = evaluate(model, val_data, args)
-            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val_loss:.3f}")
-            tqdm.write(f"step {done}: train loss {train_loss:.4f} (mean since the last evaluation), val loss {val_loss:.4f}")
-            save_checkpoint(args.out, model, optimizer, tokenizer, done, args)
+    with CtrlC() as ctrl_c:
+        bar = tqdm(range(start_step, end), initial=start_step, total=end, desc="train", dynamic_ncols=True)
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, args)
+            x = get_batch(train_data, args.batch_size, args.block_size, step_generator(args.seed, step)).to(args.device)
+            loss = lm_loss(model, x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            recent.append(loss.item())
+            bar.set_postfix(loss=f"{recent[-1]:.3f}", val=f"{val_loss:.3f}")
+            done = step + 1
+            if done % args.eval_every == 0 or done == end:
+                train_loss, recent = sum(recent) / len(recent), []
+                val_loss = evaluate(model, val_data, args)
+                bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val_loss:.3f}")
+                tqdm.write(f"step {done}: train loss {train_loss:.4f} (mean since the last evaluation), val loss {val_loss:.4f}")
+                save_checkpoint(args.out, model, optimizer, tokenizer, done, args)
+            elif ctrl_c.requested:
+                save_checkpoint(args.out, model, optimizer, tokenizer, done, args)
+            if ctrl_c.requested:
+                bar.close()
+                raise KeyboardInterrupt
     bar.close()
     return train_loss, val_loss
 
@@ -285,7 +294,7 @@ def pretrain(args):
         with open(os.path.join(args.out, "tokenizer.json"), encoding="utf-8") as f:
             tokenizer = CharTokenizer.from_json(f.read())
         print(f"reusing the pretrained model in {args.out} (--retrain to train it again)")
-        return load_model(os.path.join(args.out, MODEL_DIR), args).eval(), tokenizer
+        return load_saved_model(os.path.join(args.out, MODEL_DIR), args).eval(), tokenizer
     if args.resume:
         model, optimizer, tokenizer, step = load_checkpoint(args.out, args)
         tokenizer, train_data, val_data = build_data(args, tokenizer)
@@ -293,7 +302,7 @@ def pretrain(args):
         tokenizer, train_data, val_data = build_data(args)
         torch.manual_seed(args.seed)
         model = new_model(args, tokenizer.vocab_size).to(args.device)
-        optimizer, step = make_optimizer(model, args), 0
+        optimizer, step = pretrain_optimizer(model, args), 0
     print(f"{model.num_parameters():,} parameters, vocabulary {tokenizer.vocab_size}, "
           f"{len(train_data):,} training / {len(val_data):,} validation characters")
     if step >= (args.stop_at or args.steps):
@@ -327,16 +336,6 @@ def sample(model, tokenizer, prompt, length, seed, window):
 
 # ---- fine-tuning: every method on the same tasks ---------------------------------------------------
 
-def task_data(args):
-    """(training mixture, E2E validation, sentiment validation) as (prompt, completion) pairs."""
-    train = [(s + " => ", t + "\n") for s, t in e2e(args.ft_examples, seed=args.seed)]
-    train += [(t + " => ", label + "\n") for t, label in sentiment(args.ft_examples, seed=args.seed)]
-    n_val = min(300, args.ft_examples)
-    e2e_val = [(s + " => ", t + "\n") for s, t in e2e(n_val, seed=args.seed + 1)]
-    sent_val = [(t + " => ", label + "\n") for t, label in sentiment(n_val, seed=args.seed + 1)]
-    return train, e2e_val, sent_val
-
-
 @torch.no_grad()
 def complete(module, codec, prompt, n=100):
     """Greedy completion of one prompt, up to the first newline."""
@@ -365,16 +364,17 @@ def saved_size(module, method, folder):
 def compare(args, tokenizer):
     """Fine-tune the pretrained model with each method; print samples and one table."""
     codec = ft.Codec(tokenizer, args.arch)
-    train_set, e2e_val, sent_val = task_data(args)
+    s = args.seed
+    train_set, e2e_val, sent_val = ft.task_data(args.ft_examples, min(300, args.ft_examples), seeds=(s, s, s + 1, s + 1))
     labels = list(SENTIMENT_LABELS)
     example = e2e_val[0]
     model_dir = os.path.join(args.out, MODEL_DIR)
     print(f"\nfine-tuning on {len(train_set)} examples (table-to-text + sentiment), {args.ft_steps} steps per method")
-    print(f"  example: {example[0]}\n  wanted:  {example[1].strip()}\n  before:  {complete(load_model(model_dir, args), codec, example[0])}")
+    print(f"  example: {example[0]}\n  wanted:  {example[1].strip()}\n  before:  {complete(load_saved_model(model_dir, args), codec, example[0])}")
     rows = []
     for method in args.methods:
         torch.manual_seed(args.seed)
-        model = load_model(model_dir, args)
+        model = load_saved_model(model_dir, args)
         options = {"prompt_init": "labels", "label_ids": [codec.encode(w) for w in labels]} if method == "prompt" else {}
         module = ft.make_method(method, model, **options)
         total = model.num_parameters()
@@ -383,7 +383,7 @@ def compare(args, tokenizer):
             ft.finetune(module, train_set, codec, steps=args.ft_steps, lr=ft.LEARNING_RATES.get(method, 0.0), seed=args.seed,
                         device=args.device, progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
         bar.close()
-        row = {"method": method, "trainable": ft.trainable_count(module), "total": total,
+        row = {"method": method, "trainable": count_parameters(p for p in module.parameters() if p.requires_grad), "total": total,
                "size": saved_size(module, method, os.path.join(args.out, "adapters")),
                "e2e_loss": ft.evaluate(module, e2e_val, codec, device=args.device),
                "accuracy": ft.accuracy(module, sent_val, codec, labels, device=args.device), "seconds": timer.seconds}
@@ -417,8 +417,11 @@ def main(argv=None):
     except OSError as e:  # e.g. the disk is full
         parser.exit(2, f"{parser.prog}: error: {e.filename or args.out}: {e.strerror or e}\n")
     except KeyboardInterrupt:
-        parser.exit(130, f"\ninterrupted; --resume --out {args.out} continues from the last checkpoint "
-                         "(saved every --eval-every steps), if one was written\n")
+        step = getattr(args, "saved_step", None)
+        if step is None:
+            parser.exit(130, "\ninterrupted before this run saved a checkpoint\n")
+        parser.exit(130, f"\ninterrupted: {os.path.join(args.out, STATE_FILE)} holds step {step}; "
+                         "continue with the same arguments plus --resume\n")
 
 
 if __name__ == "__main__":

@@ -26,19 +26,19 @@ A non-finite loss or gradient stops the run with state.pt left at the last good 
 
 import argparse
 import os
-import signal
 import sys
 
 import torch
 from tqdm import tqdm
 
 from minipeft import GPT, BitFit, GPTConfig, MiniPeftError, PrefixTuning, PromptTuning
-from minipeft.adapter import Adapter, fingerprint
+from minipeft.adapter import Adapter, fingerprint, same_base
 from minipeft.bitfit import TERMS
+from minipeft.finetune import n_targets
 from minipeft.textdata import collate, load_examples, pair_examples, split
 from minipeft.tasks import e2e
 from minipeft.tokenizer import gpt2_tokenizer
-from minipeft.train import check_run_args, load_training_state, make_optimizer, save_training_state
+from minipeft.train import CtrlC, check_run_args, load_training_state, make_optimizer, save_training_state, step_seed
 
 STATE_FILE = "state.pt"
 ADAPTER_FILE = "adapter.safetensors"
@@ -187,7 +187,7 @@ def build_data(tokenizer, args):
 
 def batch_at(train_set, step, args):
     """The batch of a step: a function of (--seed, step) only, so a resumed run draws what a straight run would."""
-    g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+    g = torch.Generator().manual_seed(step_seed(args.seed, step))
     rows = torch.randint(len(train_set), (args.batch_size,), generator=g).tolist()
     return collate([train_set[i] for i in rows])
 
@@ -209,7 +209,7 @@ def evaluate(module, val_set, args):
     total = count = 0
     for i in range(0, len(examples), args.batch_size):
         ids, labels = collate(examples[i:i + args.batch_size])
-        n = int((labels[:, 1:] != -100).sum())
+        n = n_targets(labels, "gpt")
         _, loss = module(ids.to(args.device), labels=labels.to(args.device), return_logits=False)
         total, count = total + loss.item() * n, count + n
     module.train()
@@ -256,7 +256,7 @@ def resume(module, optimizer, base, args):
     """Restore state.pt into module and optimizer; returns the step it had reached."""
     path = os.path.join(args.out, STATE_FILE)
     saved = load_training_state(path, module, optimizer)
-    if saved.get("base") != base:
+    if not same_base(saved.get("base"), base):
         raise MiniPeftError(f"{path} was trained on another base model than {args.model or '--init tiny'}; "
                             "pass the same --model (and --seed for --init tiny)")
     changed = [f"--{k.replace('_', '-')}" for k in RUN_ARGS if saved.get("args", {}).get(k) != getattr(args, k)]
@@ -277,29 +277,6 @@ def save_result(module, args):
 
 
 # ---- training ---------------------------------------------------------------------------------------
-
-class CtrlC:
-    """While active, a first Ctrl-C asks the loop to stop after the current step (so the saved state
-    is whole); a second one interrupts at once."""
-
-    def __enter__(self):
-        self.requested = False
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
-            self.previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("Ctrl-C: stopping after this step (press again to stop at once, without saving)")
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-
 
 def train(module, optimizer, train_set, start, base, args):
     """Steps start .. --steps (or --stop-at); returns the step reached. state.pt is written every

@@ -60,6 +60,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import minipeft  # noqa: E402
+from minipeft.atomic import atomic_write  # noqa: E402
 from minipeft.bank import AdapterBank  # noqa: E402
 from minipeft.train import make_optimizer  # noqa: E402
 
@@ -718,7 +719,7 @@ def main(argv=None):
     results["rows"] = build_rows(results)
     print(markdown(results))
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_write(args.json, "w") as f:  # the previous results stay whole until the new ones are written
             json.dump(results, f, indent=1)
     return results
 

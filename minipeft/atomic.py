@@ -8,6 +8,7 @@ import tempfile
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Open a temporary file beside `path`; on success flush, fsync and rename it over `path`.
+    Text modes ("w") write UTF-8 whatever the locale.
 
     The rename is atomic on POSIX (and on Windows via os.replace), so a process killed at any
     moment leaves either the old file or the new one, never a half-written mix.
@@ -20,7 +21,7 @@ def atomic_write(path, mode="wb"):
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file gets the usual permissions
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

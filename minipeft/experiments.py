@@ -18,29 +18,22 @@ import statistics
 import torch
 
 from . import finetune as ft
+from .adapter import count_parameters
 from .atomic import atomic_write
 from .errors import MiniPeftError
 from .gpt import GPT
 from .layers import bias_slots
-from .tasks import SENTIMENT_LABELS, e2e, sentiment
+from .tasks import SENTIMENT_LABELS
 from .tokenizer import CharTokenizer
-
-
-def task_data(n_train, seed=0, n_val=200):
-    """(train mixture, E2E validation, sentiment validation) as (prompt, completion) pairs."""
-    train = [(s + " => ", t + "\n") for s, t in e2e(n_train, seed=100 + seed)]
-    train += [(t + " => ", label + "\n") for t, label in sentiment(n_train, seed=200 + seed)]
-    random.Random(seed).shuffle(train)
-    e2e_val = [(s + " => ", t + "\n") for s, t in e2e(n_val, seed=1)]
-    sent_val = [(t + " => ", label + "\n") for t, label in sentiment(n_val, seed=2)]
-    return train, e2e_val, sent_val
 
 
 def run(backbone, codec, method, *, seed, steps, lr, n_train=1000, n_val=300, **options):
     """One fine-tune from the backbone; returns its measurements."""
     torch.manual_seed(seed)
     model = GPT.from_pretrained(os.path.join(backbone, "model"))
-    train, e2e_val, sent_val = task_data(n_train, seed, n_val)
+    # training examples drawn per seed, the same validation sets for every seed
+    train, e2e_val, sent_val = ft.task_data(n_train, n_val, seeds=(100 + seed, 200 + seed, 1, 2))
+    random.Random(seed).shuffle(train)
     if options.pop("init_words", False):  # real-word init: the task's own vocabulary
         options["init_ids"] = codec.encode("name food area positive negative")
     if options.get("prompt_init") == "labels":
@@ -49,7 +42,7 @@ def run(backbone, codec, method, *, seed, steps, lr, n_train=1000, n_val=300, **
     curve = ft.finetune(module, train, codec, steps=steps, lr=lr, seed=seed)
     acc = ft.accuracy(module, sent_val, codec, list(SENTIMENT_LABELS))
     out = {"method": method, "seed": seed, "lr": lr, "n_train": n_train, "curve": curve,
-           "trainable": ft.trainable_count(module), "e2e_loss": ft.evaluate(module, e2e_val, codec)}
+           "trainable": count_parameters(p for p in module.parameters() if p.requires_grad), "e2e_loss": ft.evaluate(module, e2e_val, codec)}
     if isinstance(acc, tuple):
         out["accuracy"], out["ensemble_accuracy"] = acc
     else:
@@ -99,6 +92,13 @@ def main(argv=None):
     p.add_argument("--eval-examples", type=int, default=300, help="validation examples per task (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, 3 steps, 20 validation examples")
     args = p.parse_args(argv)
+    for name in ("seeds", "steps", "eval_examples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    known = settings(args.quick)
+    unknown = [x for x in (args.only or "").split(",") if x and x not in known]
+    if unknown:
+        p.error(f"--only: unknown experiment {', '.join(unknown)}; choose from {', '.join(known)}")
     try:
         tokenizer_path = os.path.join(args.backbone, "tokenizer.json")
         if not os.path.isfile(tokenizer_path):
@@ -106,9 +106,7 @@ def main(argv=None):
         with open(tokenizer_path, encoding="utf-8") as f:
             codec = ft.Codec(CharTokenizer.from_json(f.read()), "gpt")
         seeds, steps, n_val = (1, 3, 20) if args.quick else (args.seeds, args.steps, args.eval_examples)
-        chosen = settings(args.quick)
-        if args.only:
-            chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
+        chosen = {k: v for k, v in known.items() if not args.only or k in args.only.split(",")}
         results = {}
         for name, rows in chosen.items():
             results[name] = []
@@ -124,7 +122,7 @@ def main(argv=None):
                         paper = sum(getattr(m, a).numel() for _, m, a, role in bias_slots(base) if role in ("query", "mlp_in"))
                         opts["slots"] = random_slots(base, paper, seed)
                     runs.append(run(args.backbone, codec, method, seed=seed, steps=steps, lr=lr, n_train=n_train, n_val=n_val, **opts))
-                results[name].append({"label": label, "runs": runs})
+                results[name].append({"label": label, "options": options, "runs": runs})
                 print(f"{name:16s} {label:36s} {_summary(runs)}", flush=True)
                 save(results, args.out)  # after every setting: a long run that is stopped keeps what it measured
     except MiniPeftError as e:
@@ -184,14 +182,14 @@ def plot(results, out):
                 ax.plot([s for s, _ in curve], [v for _, v in curve], label=row["label"])
         ax.set(xlabel="step", ylabel="training loss", title="Loss curves (seed 0)")
         ax.legend(fontsize=7)
-        fig.savefig(os.path.join(out, "loss_curves.png"), dpi=120, bbox_inches="tight")
+        _save_png(fig, os.path.join(out, "loss_curves.png"))
     if "prompt_length" in results:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        xs = [row["runs"][0]["trainable"] // 128 for row in results["prompt_length"]]
+        xs = [row["options"]["n_prompt"] for row in results["prompt_length"]]
         ys = [statistics.mean(r["accuracy"] for r in row["runs"]) for row in results["prompt_length"]]
         ax.plot(xs, ys, "o-")
         ax.set(xscale="log", xlabel="prompt length", ylabel="sentiment accuracy", title="Prompt tuning: accuracy vs length")
-        fig.savefig(os.path.join(out, "prompt_length.png"), dpi=120, bbox_inches="tight")
+        _save_png(fig, os.path.join(out, "prompt_length.png"))
     if "bitfit_size" in results:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for method in ("bitfit", "full"):
@@ -199,7 +197,15 @@ def plot(results, out):
             ax.plot([r["runs"][0]["n_train"] for r in rows], [statistics.mean(x["accuracy"] for x in r["runs"]) for r in rows], "o-", label=method)
         ax.set(xscale="log", xlabel="training examples per task", ylabel="sentiment accuracy", title="Accuracy vs training-set size")
         ax.legend()
-        fig.savefig(os.path.join(out, "training_size.png"), dpi=120, bbox_inches="tight")
+        _save_png(fig, os.path.join(out, "training_size.png"))
+
+
+def _save_png(fig, path):
+    """Write the figure atomically (a plot from an earlier run stays whole until the new one is written)."""
+    import matplotlib.pyplot as plt
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 if __name__ == "__main__":

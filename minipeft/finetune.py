@@ -16,9 +16,11 @@ import torch
 
 from .bitfit import BitFit
 from .errors import MiniPeftError
+from .layers import IGNORE
 from .prefix import PrefixTuning
 from .prompt import PromptTuning
-from .train import make_optimizer
+from .tasks import e2e, sentiment
+from .train import make_optimizer, step_seed
 
 METHODS = ("full", "frozen", "bitfit", "prefix", "prompt")
 # AdamW learning rates for the small char models; BitFit ~10x full fine-tuning, as the paper advises
@@ -64,17 +66,28 @@ def make_method(method, model, *, n_prefix=10, n_prompt=20, prompt_init="random"
     raise MiniPeftError(f"unknown method {method!r}; choose from {METHODS}")
 
 
+def task_data(n_train, n_val, seeds):
+    """(training mixture, E2E validation, sentiment validation) as (prompt, completion) pairs:
+    "source => " -> "target\n". seeds: the generators' seeds for (E2E train, sentiment train,
+    E2E validation, sentiment validation)."""
+    train = [(s + " => ", t + "\n") for s, t in e2e(n_train, seed=seeds[0])]
+    train += [(t + " => ", label + "\n") for t, label in sentiment(n_train, seed=seeds[1])]
+    e2e_val = [(s + " => ", t + "\n") for s, t in e2e(n_val, seed=seeds[2])]
+    sent_val = [(t + " => ", label + "\n") for t, label in sentiment(n_val, seed=seeds[3])]
+    return train, e2e_val, sent_val
+
+
 def batch(pairs, codec, max_len, device="cpu"):
     """Tensors for a list of (prompt, completion): right-padded rows, loss on the completion only.
 
     GPT: (ids, mask, labels, infix_at) where infix_at is the first completion index (for infix
-    prefixes). T5: (encoder ids, encoder mask, labels), labels padded with -100.
+    prefixes). T5: (encoder ids, encoder mask, labels), labels padded with IGNORE (-100).
     """
     if codec.arch == "t5":
         src = [codec.encode(p)[:max_len] for p, _ in pairs]
         tgt = [codec.encode(c)[: max_len - 1] + [1] for _, c in pairs]  # eos
         ids, mask = _pad(src, 0)
-        labels, _ = _pad(tgt, -100)
+        labels, _ = _pad(tgt, IGNORE)
         return ids.to(device), mask.to(device), labels.to(device)
     rows, starts = [], []
     for prompt, completion in pairs:
@@ -83,9 +96,9 @@ def batch(pairs, codec, max_len, device="cpu"):
         rows.append((p + c)[:max_len])
         starts.append(len(p))
     ids, mask = _pad(rows, 0)
-    labels = ids.masked_fill(~mask.bool(), -100)
+    labels = ids.masked_fill(~mask.bool(), IGNORE)
     for i, s in enumerate(starts):
-        labels[i, :s] = -100
+        labels[i, :s] = IGNORE
     return ids.to(device), mask.to(device), labels.to(device), torch.tensor(starts, device=device)
 
 
@@ -139,7 +152,7 @@ def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=160, see
     max_len = fit(module, max_len)
     module.train()
     for step in range(steps):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(step_seed(seed, step))
         picks = torch.randint(len(train), (batch_size,), generator=g).tolist()
         loss = loss_of(module, batch([train[i] for i in picks], codec, max_len, device), codec)
         if not math.isfinite(loss.item()):
@@ -155,17 +168,26 @@ def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=160, see
     return curve
 
 
+def n_targets(labels, arch):
+    """How many tokens a batch's loss averages over: the labels other than IGNORE, but for a GPT
+    not the first column (it predicts labels[:, 1:]; a T5 decoder predicts every label)."""
+    return int(((labels[:, 1:] if arch == "gpt" else labels) != IGNORE).sum())
+
+
 @torch.no_grad()
 def evaluate(module, data, codec, *, batch_size=32, max_len=160, device="cpu"):
-    """Mean completion loss over `data`."""
+    """Mean completion loss per target token over `data` (each batch's mean weighted by its token count)."""
     module.eval()
     max_len = fit(module, max_len)
-    total, n = 0.0, 0
+    total, count = 0.0, 0
     for i in range(0, len(data), batch_size):
-        chunk = data[i:i + batch_size]
-        total += loss_of(module, batch(chunk, codec, max_len, device), codec).item() * len(chunk)
-        n += len(chunk)
-    return total / n
+        tensors = batch(data[i:i + batch_size], codec, max_len, device)
+        n = n_targets(tensors[2], codec.arch)
+        if n:
+            total, count = total + loss_of(module, tensors, codec).item() * n, count + n
+    if not count:
+        raise MiniPeftError(f"nothing to evaluate: the {len(data)} examples have no completion tokens")
+    return total / count
 
 
 @torch.no_grad()
@@ -196,10 +218,6 @@ def accuracy(module, data, codec, labels, *, batch_size=64, max_len=160, device=
     if isinstance(module, PromptTuning) and module.n_ensemble > 1:
         return single / n, voted / n
     return single / n
-
-
-def trainable_count(module):
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 class Timer:

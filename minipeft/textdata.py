@@ -40,10 +40,10 @@ from dataclasses import dataclass
 import torch
 
 from .errors import MiniPeftError
+from .layers import IGNORE  # label of a position with no loss (-100: transformers' convention, and GPT.forward's)
 from .tokenizer import EOT_ID
 
 FORMATS = (".txt", ".jsonl")
-IGNORE = -100  # label of a position with no loss (transformers' convention, and GPT.forward's)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
-"""Training state that can be saved and resumed: the trainable tensors, the optimizer, the step, RNG.
+"""Training state that can be saved and resumed: the trainable tensors, the optimizer, the step, RNG;
+and what the training scripts share besides (batch seeds, Ctrl-C handling, argument checks).
 
 Works for an adapter (its own tensors only: the frozen base model is not copied) and for a plain
 model (full fine-tuning). Writes are atomic: a crash mid-save leaves the previous file intact.
 """
 
 import os
+import signal
 
 import torch
+from tqdm import tqdm
 
 from .adapter import Adapter
 from .atomic import atomic_write
@@ -52,28 +55,84 @@ def make_optimizer(module, lr, weight_decay=0.0, betas=(0.9, 0.999)):
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
 
 
+def step_seed(seed, step):
+    """The seed of one step's batch: a function of (seed, step) only, so a resumed run draws what a straight run would."""
+    return seed * 1_000_003 + step
+
+
+def rng_state():
+    """The global RNG states (dropout, random init draw from them), so that a resumed run continues
+    as a straight run would: the CPU generator's always, every CUDA device's when CUDA is here."""
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng, path):
+    """Set the global RNGs to what rng_state() returned (the CUDA ones when they were saved and CUDA is here)."""
+    if not isinstance(rng, dict) or not isinstance(rng.get("cpu"), torch.Tensor):
+        raise MiniPeftError(f"{path}: the training state's 'rng' lacks the CPU generator state (key 'cpu')")
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"][:torch.cuda.device_count()])
+
+
 def save_training_state(path, module, optimizer, step, **extra):
+    """Write {module, optimizer, step, rng, **extra} to path, atomically."""
     with atomic_write(path) as f:
         torch.save({"module": own_state(module), "optimizer": optimizer.state_dict(), "step": step,
-                    "torch_rng": torch.get_rng_state(), **extra}, f)
+                    "rng": rng_state(), **extra}, f)
 
 
 def load_training_state(path, module, optimizer):
-    """Restore what save_training_state wrote; returns the whole saved dict (with "step")."""
+    """Restore what save_training_state wrote; returns the whole saved dict (with "step").
+    The keys, names and shapes are checked before anything is changed."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise MiniPeftError(f"{path}: not a readable training state ({type(e).__name__}: {str(e)[:200]})") from None
-    missing = {"module", "optimizer", "step"} - set(saved)
+    if not isinstance(saved, dict):
+        raise MiniPeftError(f"{path}: not a training state (expected a dict, got {type(saved).__name__})")
+    if "torch_rng" in saved:  # written before the CUDA states were saved too: the CPU state alone
+        saved["rng"] = {"cpu": saved.pop("torch_rng")}
+    missing = {"module", "optimizer", "step", "rng"} - set(saved)
     if missing:
-        raise MiniPeftError(f"{path}: training state lacks {sorted(missing)}")
+        raise MiniPeftError(f"{path}: training state lacks {sorted(missing)} (save_training_state writes "
+                            "module, optimizer, step and rng)")
     own = own_state(module)
     if set(saved["module"]) != set(own) or any(saved["module"][k].shape != own[k].shape for k in own):
         raise MiniPeftError(f"{path}: the saved training state does not match this model/adapter (names or shapes differ)")
+    restore_rng(saved["rng"], path)
     module.load_state_dict(saved["module"], strict=False)
-    optimizer.load_state_dict(saved["optimizer"])
-    torch.set_rng_state(saved["torch_rng"])
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise MiniPeftError(f"{path}: the optimizer state does not fit this model/adapter ({e})") from None
     return saved
+
+
+class CtrlC:
+    """While active, a first Ctrl-C asks the loop to stop after the current step (so the saved state
+    is whole); a second one interrupts at once."""
+
+    def __enter__(self):
+        self.requested = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl-C: stopping after this step (press again to stop at once, without saving)")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def check_run_args(parser, args, state_file):

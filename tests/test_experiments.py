@@ -1,20 +1,27 @@
-"""The paper-reproduction command runs end to end (tiny backbone, --quick) and writes its report."""
+"""The paper-reproduction command runs end to end (tiny backbone, --quick) and writes its report;
+the fine-tuning helpers it shares with train_char.py (minipeft.finetune) measure what they say."""
 
 import json
+import os
 
 import pytest
+import torch
+import torch.nn.functional as F
 
-from minipeft import GPT, GPTConfig
+from minipeft import GPT, T5, GPTConfig, MiniPeftError, T5Config
+from minipeft import experiments
+from minipeft import finetune as ft
 from minipeft.experiments import main, random_slots
 from minipeft.layers import bias_slots
 from minipeft.tokenizer import CharTokenizer
 
+CHARS = CharTokenizer.from_text("".join(chr(c) for c in range(32, 127)) + "\n")
+
 
 @pytest.fixture
 def backbone(tmp_path):
-    tok = CharTokenizer.from_text("".join(chr(c) for c in range(32, 127)) + "\n")
-    GPT(GPTConfig(vocab_size=tok.vocab_size, n_positions=256, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "model")
-    (tmp_path / "tokenizer.json").write_text(tok.to_json())
+    GPT(GPTConfig(vocab_size=CHARS.vocab_size, n_positions=256, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "model")
+    (tmp_path / "tokenizer.json").write_text(CHARS.to_json())
     return tmp_path
 
 
@@ -41,3 +48,79 @@ def test_missing_backbone_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["--backbone", str(tmp_path / "none"), "--quick"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--only", "bitfit,nonsense"], "--only: unknown experiment nonsense; choose from bitfit, bitfit_lr, bitfit_size, prefix,"),
+    (["--seeds", "0"], "--seeds must be a positive integer, got 0"),
+    (["--steps", "0"], "--steps must be a positive integer, got 0"),
+    (["--eval-examples", "-1"], "--eval-examples must be a positive integer, got -1"),
+])
+def test_bad_arguments_are_refused_before_anything_runs(backbone, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--backbone", str(backbone), "--out", str(tmp_path / "results"), *argv])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "results").exists()
+
+
+def test_plots_are_written_atomically_with_the_prompt_length_of_each_setting(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    run = {"method": "prompt", "n_train": 10, "curve": [(0, 2.0), (1, 1.5)], "accuracy": 0.5}
+    # 96 wide and 5 prompts: trainable // 128 would give 3, 7, 0
+    results = {"prompt_length": [{"label": f"prompt length {n}", "options": {"n_prompt": n}, "runs": [{**run, "trainable": n * 96}]}
+                                 for n in (5, 10, 1)]}
+    (tmp_path / "prompt_length.png").write_bytes(b"an earlier plot")
+    plotted = {}
+    save_png = experiments._save_png
+
+    def keep_x(fig, path):
+        plotted[os.path.basename(path)] = [list(line.get_xdata()) for line in fig.axes[0].lines]
+        save_png(fig, path)
+
+    monkeypatch.setattr(experiments, "_save_png", keep_x)
+    experiments.plot(results, str(tmp_path))
+    assert plotted["prompt_length.png"] == [[5, 10, 1]]
+    for name in ("loss_curves.png", "prompt_length.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG\r\n"), name
+    assert sorted(os.listdir(tmp_path)) == ["loss_curves.png", "prompt_length.png"]  # no temporaries left
+
+
+def _summed_completion_loss(model, pair, codec):
+    """Hand computation: -log p of each completion token (T5: and eos), summed, and their number."""
+    tensors = ft.batch([pair], codec, max_len=160)
+    if codec.arch == "t5":
+        ids, mask, labels = tensors
+        logits, targets = model(ids, attention_mask=mask, labels=labels)[0][0], labels[0]
+    else:
+        ids, mask, labels, _ = tensors
+        logits, targets = model(ids, mask)[0, :-1], labels[0, 1:]  # position t predicts token t + 1
+    keep = targets != -100
+    return F.cross_entropy(logits[keep], targets[keep], reduction="sum").item(), int(keep.sum())
+
+
+@pytest.mark.parametrize("arch", ["gpt", "t5"])
+def test_evaluate_is_the_mean_over_every_completion_token(arch):
+    torch.manual_seed(0)
+    codec = ft.Codec(CHARS, arch)
+    if arch == "t5":
+        model = T5(T5Config(vocab_size=codec.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4))
+    else:
+        model = GPT(GPTConfig(vocab_size=codec.vocab_size, n_positions=64, n_embd=32, n_layer=1, n_head=2))
+    model.eval()
+    # batches of 2: completions of 2 + 7 tokens, then 12 + 1, then 3
+    data = [("ab => ", "c\n"), ("a => ", "bcdefg\n"), ("xyz => ", "hello there\n"), ("q => ", "\n"), ("k => ", "hi\n")]
+    sums, counts = zip(*(_summed_completion_loss(model, pair, codec) for pair in data))
+    assert len(set(counts)) > 1
+    want = sum(sums) / sum(counts)
+    assert ft.evaluate(model, data, codec, batch_size=2) == pytest.approx(want, rel=1e-5)
+    per_example_weighted = (sum(sums[:2]) / sum(counts[:2]) * 2 + sum(sums[2:4]) / sum(counts[2:4]) * 2 + sums[4] / counts[4]) / 5
+    assert abs(want - per_example_weighted) > 1e-3  # the earlier weighting, which this test tells apart
+
+
+def test_evaluate_refuses_data_with_nothing_to_predict():
+    codec = ft.Codec(CHARS, "gpt")
+    model = GPT(GPTConfig(vocab_size=codec.vocab_size, n_positions=64, n_embd=32, n_layer=1, n_head=2))
+    with pytest.raises(MiniPeftError, match="nothing to evaluate"):
+        ft.evaluate(model, [("ab => ", "")], codec)

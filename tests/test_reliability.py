@@ -171,3 +171,21 @@ def test_killed_saves_never_destroy_the_previous_file(tmp_path):
         assert torch.equal(tensors["payload"], torch.full((1_000_000,), float(tensors["version"].item())))
     leftovers = [f for f in os.listdir(tmp_path) if f != "adapter.safetensors"]
     assert all(f.endswith(".tmp") for f in leftovers)  # only the killed writers' temporaries
+
+
+UTF8_CHILD = """
+import sys
+from minipeft.atomic import atomic_write
+with atomic_write(sys.argv[1], "w") as f:
+    f.write("0.512 \\u00b1 0.003\\n")  # an escape: under the C locale this source must be ASCII
+"""
+
+
+def test_atomic_text_writes_are_utf8_whatever_the_locale(tmp_path):
+    """results.md holds "±": under a C (ASCII) locale, text mode without an encoding would fail to write it."""
+    path = tmp_path / "results.md"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    r = subprocess.run([sys.executable, "-c", UTF8_CHILD, str(path)], capture_output=True, text=True, env=env,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert path.read_bytes() == "0.512 ± 0.003\n".encode("utf-8")

@@ -1,10 +1,12 @@
 """Resumable training: stopping, saving and resuming reaches the same weights as not stopping."""
 
+import re
+
 import pytest
 import torch
 
 from minipeft import BitFit, MiniPeftError, PrefixTuning, PromptTuning
-from minipeft.train import load_training_state, make_optimizer, save_training_state
+from minipeft.train import load_training_state, make_optimizer, restore_rng, rng_state, save_training_state, step_seed
 from tests.methods_common import tiny_gpt, toy_batch, toy_labels
 
 MAKERS = {
@@ -62,3 +64,70 @@ def test_nothing_to_train():
         p.requires_grad_(False)
     with pytest.raises(MiniPeftError, match="nothing to train"):
         make_optimizer(m, 1e-3)
+
+
+def _saved_then_edited(tmp_path, edit):
+    """A training state written by save_training_state, then changed by edit(dict) and written back."""
+    module = MAKERS["prefix-mlp"](tiny_gpt())
+    save_training_state(tmp_path / "state.pt", module, make_optimizer(module, 1e-2), step=3)
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    edit(saved)
+    torch.save(saved, tmp_path / "state.pt")
+    return tmp_path / "state.pt"
+
+
+@pytest.mark.parametrize("key", ["rng", "optimizer", "step"])
+def test_a_state_missing_a_key_names_the_file_and_the_key(tmp_path, key):
+    path = _saved_then_edited(tmp_path, lambda saved: saved.pop(key))
+    module = MAKERS["prefix-mlp"](tiny_gpt())
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(MiniPeftError, match=f"{re.escape(str(path))}: training state lacks \\['{key}'\\]"):
+        load_training_state(path, module, make_optimizer(module, 1e-2))
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())  # refused before changing anything
+
+
+def test_a_state_without_the_cpu_rng_is_refused(tmp_path):
+    path = _saved_then_edited(tmp_path, lambda saved: saved["rng"].pop("cpu"))
+    module = MAKERS["prefix-mlp"](tiny_gpt())
+    with pytest.raises(MiniPeftError, match=f"{re.escape(str(path))}: .*'rng' lacks the CPU generator state"):
+        load_training_state(path, module, make_optimizer(module, 1e-2))
+
+
+def test_a_state_with_the_earlier_torch_rng_key_resumes_bit_identically(tmp_path):
+    """Files written before the CUDA states were saved hold the CPU state alone, as "torch_rng"."""
+    torch.manual_seed(0)
+    straight = MAKERS["prefix-mlp"](tiny_gpt())
+    opt = make_optimizer(straight, 1e-2)
+    _steps(straight, opt, 4, 0)
+
+    torch.manual_seed(0)
+    first = MAKERS["prefix-mlp"](tiny_gpt())
+    opt = make_optimizer(first, 1e-2)
+    _steps(first, opt, 2, 0)
+    save_training_state(tmp_path / "state.pt", first, opt, step=2)
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    saved["torch_rng"] = saved.pop("rng")["cpu"]
+    torch.save(saved, tmp_path / "state.pt")
+
+    torch.manual_seed(123)
+    resumed = MAKERS["prefix-mlp"](tiny_gpt())
+    opt = make_optimizer(resumed, 1e-2)
+    _steps(resumed, opt, 2, load_training_state(tmp_path / "state.pt", resumed, opt)["step"])
+    for (n, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_rng_state_restores_the_random_stream():
+    torch.manual_seed(5)
+    rng = rng_state()
+    want = torch.rand(8)
+    torch.rand(100)  # move on
+    restore_rng(rng, "state.pt")
+    assert torch.equal(torch.rand(8), want)
+    if torch.cuda.is_available():
+        assert len(rng["cuda"]) == torch.cuda.device_count()
+
+
+def test_step_seed_keeps_the_batch_order_of_earlier_runs():
+    """Runs made before step_seed existed seeded step k's batch with seed * 1_000_003 + k."""
+    assert [step_seed(1337, k) for k in (0, 1, 250)] == [1337 * 1_000_003, 1337 * 1_000_003 + 1, 1337 * 1_000_003 + 250]

@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from minipeft import safetensors
 from minipeft.corpus import default_corpus
 from minipeft.textdata import read_text as load_text
 from minipeft.tokenizer import CharTokenizer
+from tests.methods_common import exit_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "train_char.py")
@@ -100,6 +102,37 @@ def test_resume_gives_the_weights_of_a_straight_run(tmp_path, text_file, capsys)
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want)
     assert not all(torch.equal(halfway[k], got[k]) for k in want)  # it did train after resuming
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, text_file, capsys, monkeypatch):
+    script = load_script()
+
+    def main(*argv):
+        return exit_status(script.main, *argv)
+
+    common = ["--data", text_file, "--steps", "4", "--eval-every", "100", *TINY]  # no evaluation before the last step
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(*common, "--out", straight) == 0
+
+    step_generator = script.step_generator
+
+    def press_ctrl_c_at_step_2(seed, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal, handled by the script's own handler
+        return step_generator(seed, step)
+
+    monkeypatch.setattr(script, "step_generator", press_ctrl_c_at_step_2)
+    assert main(*common, "--out", resumed) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "train_state.pt holds step 2; continue with the same arguments plus --resume" in err
+    assert torch.load(resumed / "train_state.pt", weights_only=True)["step"] == 2
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
+
+    assert main(*common, "--out", resumed, "--resume") == 0
+    want, got = load_weights(straight), load_weights(resumed)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
 def bad_argument_cases(tmp_path):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from minipeft import GPT, BitFit, PrefixTuning, PromptTuning, safetensors
+from tests.methods_common import exit_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "train_gpt2.py")
@@ -52,11 +53,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def main(*argv):
     """train_gpt2.main(argv): the exit status (0 when it returns)."""
-    try:
-        train_gpt2.main([str(a) for a in argv])
-    except SystemExit as e:
-        return e.code
-    return 0
+    return exit_status(train_gpt2.main, *argv)
 
 
 def write_jsonl(path, rows):
