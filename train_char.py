@@ -407,6 +407,7 @@ def main(argv=None):
     args = check_args(parser, parser.parse_args(argv))
     try:
         model, tokenizer = pretrain(args)
+        args.pretrained = True  # an interrupt from here on leaves a finished checkpoint
         if args.sample_length:
             print(f"---- sample ({args.sample_length} characters, temperature {SAMPLE_TEMPERATURE}) ----")
             print(sample(model, tokenizer, args.prompt, args.sample_length, args.seed, args.block_size))
@@ -417,9 +418,12 @@ def main(argv=None):
     except OSError as e:  # e.g. the disk is full
         parser.exit(2, f"{parser.prog}: error: {e.filename or args.out}: {e.strerror or e}\n")
     except KeyboardInterrupt:
+        if getattr(args, "pretrained", False):
+            parser.exit(130, f"\ninterrupted after pretraining: the model in {args.out} is finished, and the next run "
+                             "with the same arguments reuses it\n")
         step = getattr(args, "saved_step", None)
         if step is None:
-            parser.exit(130, "\ninterrupted before this run saved a checkpoint\n")
+            parser.exit(130, "\ninterrupted before this run saved a checkpoint (one already in --out is unchanged)\n")
         parser.exit(130, f"\ninterrupted: {os.path.join(args.out, STATE_FILE)} holds step {step}; "
                          "continue with the same arguments plus --resume\n")
 

@@ -26,42 +26,49 @@ from .errors import MiniPeftError
 FORMAT_VERSION = 1
 
 
-SAMPLE_PER_TENSOR = 8  # values per fingerprinted tensor, spread over it
-SAMPLE_RTOL = 1e-2     # covers bf16 rounding (<= 2**-8 relative) and fp16's; random other weights are far off
+SAMPLE_PER_TENSOR = 8  # values per sampled weight matrix, spread over it
+MANTISSA_BITS = {"torch.float32": 23, "torch.float16": 10, "torch.bfloat16": 7}
 
 
 def fingerprint(model):
     """A base model's identity: family, size, a hash of its parameter shapes, a hash of the first 256
-    values of ~8 tensors (exact: same weights in the same dtype), and a sample of 8 values spread over
-    each of those tensors, rounded to 4 significant digits (the same weights in another dtype)."""
+    values of ~8 tensors (as in files of every version), and, to tell the same weights in another
+    dtype, the dtype and an exact sample: 8 values spread over each of ~8 weight matrices."""
     h = hashlib.sha256()
     params = dict(model.named_parameters())
     shapes = {name: list(p.shape) for name, p in params.items()}
-    sample = []
     for name in sorted(params)[:: max(1, len(params) // 8)]:  # ~8 tensors spread over the model
-        flat = params[name].detach().reshape(-1)
         h.update(name.encode())
-        h.update(flat[:256].float().cpu().numpy().tobytes())  # unchanged: older files compare by this hash
-        if flat.numel():  # exact integer spacing (a float linspace rounds past the end of a 38M-value tensor)
-            at = torch.arange(SAMPLE_PER_TENSOR, device=flat.device) * (flat.numel() - 1) // (SAMPLE_PER_TENSOR - 1)
-            sample += [float(f"{v:.4g}") for v in flat[at].float().tolist()]
+        h.update(params[name].detach().reshape(-1)[:256].float().cpu().numpy().tobytes())
+    matrices = sorted(n for n, p in params.items() if p.dim() >= 2)  # biases and norms start equal in every model
+    sample = []
+    for name in matrices[:: max(1, len(matrices) // 8)]:
+        flat = params[name].detach().reshape(-1)  # exact integer spacing (a float linspace rounds past the end)
+        at = torch.arange(SAMPLE_PER_TENSOR, device=flat.device) * (flat.numel() - 1) // (SAMPLE_PER_TENSOR - 1)
+        sample += flat[at].float().tolist()  # exact: every fp32/fp16/bf16 value is a JSON (double) float
     return {"arch": model.arch, "n_parameters": sum(p.numel() for p in params.values()),
             "shapes_sha256": hashlib.sha256(json.dumps(shapes, sort_keys=True).encode()).hexdigest()[:16],
-            "weights_sha256": h.hexdigest()[:16], "sample": sample}
+            "weights_sha256": h.hexdigest()[:16], "dtype": str(next(iter(params.values())).dtype), "sample": sample}
 
 
 def same_base(saved, current):
     """Whether fingerprint `saved` (from a file: any JSON) and fingerprint `current` name the same base
-    model: same arch, size and shapes, and either the same weights hash or (the same weights in
-    another dtype) samples within SAMPLE_RTOL. Files from before the sample compare by hash only."""
+    model: same arch, size and shapes, and the same weights. In the same dtype: the same hash and
+    sample. In another dtype: both samples rounded to the coarser dtype are equal (fp16 vs bf16,
+    neither coarser: within one bf16 step, as rounding twice may land one step apart). Files from
+    before the sample compare by hash only."""
     if not isinstance(saved, dict) or any(saved.get(k) != current[k] for k in ("arch", "n_parameters", "shapes_sha256")):
         return False
-    if saved.get("weights_sha256") == current["weights_sha256"]:
-        return True
-    a, b = saved.get("sample"), current.get("sample")
-    if not isinstance(a, list) or not isinstance(b, list) or len(a) != len(b) or not all(type(x) is float for x in a):
-        return False  # (a file's sample is JSON floats: a huge JSON int would overflow the comparison)
-    return all(abs(x - y) <= SAMPLE_RTOL * abs(y) + 1e-6 for x, y in zip(a, b))  # atol: fp16's tiny values
+    a, b, dtype = saved.get("sample"), current["sample"], saved.get("dtype")
+    if dtype not in MANTISSA_BITS or not isinstance(a, list) or len(a) != len(b) or not all(type(x) is float for x in a):
+        return saved.get("weights_sha256") == current["weights_sha256"]  # an older file (or a damaged sample)
+    if dtype == current["dtype"]:
+        return saved.get("weights_sha256") == current["weights_sha256"] and a == b
+    coarse = min(dtype, current["dtype"], key=MANTISSA_BITS.get)
+    a, b = (torch.tensor(x).to(getattr(torch, coarse.split(".")[1])).float() for x in (a, b))
+    if {dtype, current["dtype"]} == {"torch.float16", "torch.bfloat16"}:
+        return bool(((a - b).abs() <= b.abs() * 2 ** -7).all())
+    return torch.equal(a, b)
 
 
 def model_dtype(model):
@@ -72,6 +79,8 @@ def model_dtype(model):
 def last_token_index(input_ids, attention_mask=None):
     """[B] index of each row's last real token (attention_mask 1), for left or right padding."""
     B, T = input_ids.shape
+    if T == 0:
+        raise MiniPeftError(f"input_ids is empty (shape {list(input_ids.shape)}); give at least one token per row")
     if attention_mask is None:
         return torch.full((B,), T - 1, dtype=torch.long, device=input_ids.device)
     if tuple(attention_mask.shape) != (B, T):

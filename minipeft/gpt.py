@@ -322,6 +322,9 @@ class GPT(nn.Module):
         B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
         if attention_mask is not None:
             check_attention_mask("attention_mask", attention_mask, (B, T))
+            if prompt is None and prefix is None and not bool(attention_mask.any(1).all()):
+                raise MiniPeftError("attention_mask has a row without any real token (all 0); an additive mask "
+                                    "(0 = attend) reads as all padding: pass (mask == 0).long()")
         if labels is not None:
             check_labels(labels, (B, T), cfg.vocab_size)
         device, dtype = self.wte.weight.device, self.wte.weight.dtype
@@ -344,7 +347,7 @@ class GPT(nn.Module):
         """
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, None)
         self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
-        check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
+        max_new_tokens, temperature, top_k, eos_token_id = check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
         if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
             raise MiniPeftError("generate needs left padding (zeros before the tokens); attention_mask has padding on the right")
         n_prompt = 0 if prompt is None else prompt.shape[1]

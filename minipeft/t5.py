@@ -518,7 +518,7 @@ class T5(nn.Module):
         """
         B, _ = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
         prefix, prefix_mask = prefix or {}, self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
-        check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
+        max_new_tokens, temperature, top_k, eos_token_id = check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
         cfg, w = self.config, self.shared.weight
         start = input_ids.new_full((B, 1), PAD_ID)
         with bias_deltas(self, bias_delta, B):

@@ -62,9 +62,10 @@ def step_seed(seed, step):
 
 def rng_state():
     """The global RNG states (dropout, random init draw from them), so that a resumed run continues
-    as a straight run would: the CPU generator's always, every CUDA device's when CUDA is here."""
+    as a straight run would: the CPU generator's always, every CUDA device's once this process uses
+    CUDA (a CPU run does not start it, nor fail where the GPUs are taken)."""
     rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return rng
 

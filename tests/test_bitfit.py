@@ -177,6 +177,8 @@ def test_last_token_index_by_hand():
     assert last_token_index(torch.zeros(2, 5, dtype=torch.long)).tolist() == [4, 4]
     with pytest.raises(MiniPeftError, match=r"attention_mask must have the shape of input_ids \[4, 4\]"):
         last_token_index(torch.zeros(4, 4, dtype=torch.long), mask)
+    with pytest.raises(MiniPeftError, match="input_ids is empty"):
+        last_token_index(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0))
 
 
 def test_bad_head_and_slot_arguments():
@@ -227,6 +229,26 @@ def test_adapter_loads_onto_its_base_in_another_dtype_but_not_onto_other_weights
             p.add_(torch.randn_like(p) * 0.1 * p.std().clamp(min=1e-3))
     assert not same_base(fingerprint(near), fingerprint(model))
     assert same_base(fingerprint(copy.deepcopy(model).half()), fingerprint(model))  # what AdapterBank compares
+
+
+def test_fingerprints_tell_weights_apart_exactly_in_every_dtype():
+    """Same weights in fp32 / fp16 / bf16 (either way round): the same base. Weights 0.5% off, or two
+    fresh models whose biases and norms are all 0 and 1 (only the matrices differ): not the same."""
+    torch.manual_seed(0)
+    fresh = GPT(GPTConfig.named("tiny"))
+    torch.manual_seed(1)
+    other_seed = GPT(GPTConfig.named("tiny"))
+    scaled = copy.deepcopy(fresh)
+    with torch.no_grad():
+        for p in scaled.parameters():
+            p.mul_(1.005)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    for saved in dtypes:
+        for now in dtypes:
+            f = fingerprint(copy.deepcopy(fresh).to(saved))
+            assert same_base(f, fingerprint(copy.deepcopy(fresh).to(now))), (saved, now)
+            assert not same_base(f, fingerprint(copy.deepcopy(other_seed).to(now))), (saved, now)
+            assert not same_base(f, fingerprint(copy.deepcopy(scaled).to(now))), (saved, now)
 
 
 def test_old_format_fingerprint_still_loads(tmp_path):

@@ -66,7 +66,6 @@ def test_bad_arguments_are_refused_before_anything_runs(backbone, tmp_path, caps
 
 
 def test_plots_are_written_atomically_with_the_prompt_length_of_each_setting(tmp_path, monkeypatch):
-    pytest.importorskip("matplotlib")
     run = {"method": "prompt", "n_train": 10, "curve": [(0, 2.0), (1, 1.5)], "accuracy": 0.5}
     # 96 wide and 5 prompts: trainable // 128 would give 3, 7, 0
     results = {"prompt_length": [{"label": f"prompt length {n}", "options": {"n_prompt": n}, "runs": [{**run, "trainable": n * 96}]}

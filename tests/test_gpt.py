@@ -349,6 +349,8 @@ def test_bad_hook_inputs_are_refused_before_computing():
         model(ids, torch.ones(2, 5))
     with pytest.raises(MiniPeftError, match="attention_mask must hold only 1 .* and 0 .* got -inf"):  # an additive mask
         model(ids, torch.zeros(2, 6).masked_fill(ids > 50, float("-inf")))
+    with pytest.raises(MiniPeftError, match="a row without any real token"):  # an additive mask without padding
+        model(ids, torch.zeros(2, 6))
     with pytest.raises(MiniPeftError, match="not a bias slot"):
         model(ids, bias_delta={"h.0.attn.c_attn.weight": torch.zeros(96)})
     with pytest.raises(MiniPeftError, match=r"bias_delta 'h.0.attn.c_attn.bias_query' must be \[32\] or \[2, 32\]; got \[3, 32\]"):
@@ -357,7 +359,9 @@ def test_bad_hook_inputs_are_refused_before_computing():
         model(ids, bias_delta={"ln_f.bias": torch.zeros(32, dtype=torch.float64)})
     for bad, match in ((dict(max_new_tokens=-1), "max_new_tokens must be a non-negative integer, got -1"),
                        (dict(max_new_tokens=2.0), "max_new_tokens must be a non-negative integer, got 2.0"),
-                       (dict(temperature=-0.5), "temperature must be a number >= 0"),
+                       (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
+                       (dict(temperature=float("inf")), "temperature must be a finite number >= 0"),
+                       (dict(max_new_tokens=True), "max_new_tokens must be a non-negative integer"),
                        (dict(temperature=1.0, top_k=0), "top_k must be None or an integer >= 1"),
                        (dict(eos_token_id=-1), "eos_token_id must be None or a token id")):
         with pytest.raises(MiniPeftError, match=match):
@@ -424,3 +428,13 @@ def test_shared_prompt_takes_the_run_once_path():
         model(torch.randint(0, TINY["vocab_size"], (3, 7)), prompt=torch.randn(3, 5, TINY["n_embd"]))
     hook.remove()
     assert seen == [(1, 5, TINY["n_embd"]), (3, 7, TINY["n_embd"]), (3, 12, TINY["n_embd"])]
+
+
+def test_generate_takes_numpy_and_0d_torch_numbers():
+    import numpy as np
+    model = _tiny()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 5))
+    want = model.generate(ids, max_new_tokens=4, temperature=0.7, top_k=5, generator=torch.Generator().manual_seed(1))
+    got = model.generate(ids, max_new_tokens=torch.tensor(4), temperature=np.float32(0.7), top_k=np.int64(5),
+                         generator=torch.Generator().manual_seed(1))
+    assert torch.equal(want, got)

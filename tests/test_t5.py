@@ -471,7 +471,7 @@ def test_sampling_is_reproducible_and_top_k_restricts():
     (lambda m, ids, dec: m(ids, dec, bias_delta=[torch.zeros(18)]), "bias_delta must be a dict"),
     (lambda m, ids, dec: m.generate(ids, max_new_tokens=-1), "max_new_tokens must be a non-negative integer"),
     (lambda m, ids, dec: m.generate(ids, max_new_tokens=2.0), "max_new_tokens must be a non-negative integer"),
-    (lambda m, ids, dec: m.generate(ids, temperature=-1.0), "temperature must be a number >= 0"),
+    (lambda m, ids, dec: m.generate(ids, temperature=-1.0), "temperature must be a finite number >= 0"),
     (lambda m, ids, dec: m.generate(ids, temperature=1.0, top_k=0), "top_k must be None or an integer >= 1"),
     (lambda m, ids, dec: m.generate(ids, eos_token_id="</s>"), "eos_token_id must be None or a token id"),
     (lambda m, ids, dec: m.generate(ids, prefix={"decoder": _kv(m, 1, 2, 1)}), r"prefix\['decoder'\] must hold"),

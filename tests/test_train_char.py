@@ -134,6 +134,13 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, text_file, capsys, monkey
     want, got = load_weights(straight), load_weights(resumed)
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(script, "compare", interrupted)  # Ctrl-C while fine-tuning, after pretraining
+    assert main(*common, "--method", "bitfit", "--out", resumed) == 130
+    err = capsys.readouterr().err
+    assert "interrupted after pretraining" in err and "reuses it" in err and "--resume" not in err
+
 
 def bad_argument_cases(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1") * 100)
