@@ -321,10 +321,7 @@ class GPT(nn.Module):
         cfg = self.config
         B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
         if attention_mask is not None:
-            check_attention_mask("attention_mask", attention_mask, (B, T))
-            if prompt is None and prefix is None and not bool(attention_mask.any(1).all()):
-                raise MiniPeftError("attention_mask has a row without any real token (all 0); an additive mask "
-                                    "(0 = attend) reads as all padding: pass (mask == 0).long()")
+            check_attention_mask("attention_mask", attention_mask, (B, T), every_row_real=prompt is None and prefix is None)
         if labels is not None:
             check_labels(labels, (B, T), cfg.vocab_size)
         device, dtype = self.wte.weight.device, self.wte.weight.dtype

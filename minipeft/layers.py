@@ -385,8 +385,9 @@ def check_ids(name, ids, vocab_size):
     return B, T
 
 
-def check_attention_mask(name, mask, shape):
-    """A [B, T] mask of 1 (real token) and 0 (padding), bool or numeric, shaped like its ids."""
+def check_attention_mask(name, mask, shape, *, every_row_real=False):
+    """A [B, T] mask of 1 (real token) and 0 (padding), bool or numeric, shaped like its ids; with
+    every_row_real, each row has a real token (when nothing else, a prompt or prefix, gives it keys)."""
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
         got = f"shape {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise MiniPeftError(f"{name} must have the shape of its ids {list(shape)} (1 = real token, 0 = padding); got {got}")
@@ -394,6 +395,9 @@ def check_attention_mask(name, mask, shape):
         other = mask[(mask != 0) & (mask != 1)].flatten()[0].item()
         raise MiniPeftError(f"{name} must hold only 1 (real token) and 0 (padding); got {other}. "
                             f"An additive mask (0 = attend, -inf = not) is not one: pass (mask == 0).long()")
+    if every_row_real and not bool(mask.any(1).all()):
+        raise MiniPeftError(f"{name} has a row without any real token (all 0): it would attend to nothing. "
+                            f"An additive mask (0 = attend) reads as all padding: pass (mask == 0).long()")
 
 
 def check_labels(labels, shape, vocab_size):

@@ -448,9 +448,8 @@ class T5(nn.Module):
         if encoder_out is None:
             B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
             if attention_mask is not None:
-                check_attention_mask("attention_mask", attention_mask, (B, T))
-                if prompt is None and "cross" not in prefix and bool((attention_mask.sum(1) == 0).any()):
-                    raise MiniPeftError("attention_mask has a row without any real token; the decoder would attend to nothing")
+                check_attention_mask("attention_mask", attention_mask, (B, T),
+                                     every_row_real=prompt is None and "cross" not in prefix)  # else keys to attend to
             if prompt is not None:
                 check_hook_tensor("prompt", prompt, (B, None, cfg.d_model), device, dtype)
         else:
