@@ -88,7 +88,8 @@ def save_training_state(path, module, optimizer, step, **extra):
 
 def load_training_state(path, module, optimizer):
     """Restore what save_training_state wrote; returns the whole saved dict (with "step").
-    The keys, names and shapes are checked before anything is changed."""
+    The keys, names and shapes are checked first, and the module is written last: a state whose
+    optimizer or RNG entry does not fit leaves the module's tensors as they were."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -105,11 +106,11 @@ def load_training_state(path, module, optimizer):
     if set(saved["module"]) != set(own) or any(saved["module"][k].shape != own[k].shape for k in own):
         raise MiniPeftError(f"{path}: the saved training state does not match this model/adapter (names or shapes differ)")
     restore_rng(saved["rng"], path)
-    module.load_state_dict(saved["module"], strict=False)
     try:
         optimizer.load_state_dict(saved["optimizer"])
     except (ValueError, KeyError) as e:
         raise MiniPeftError(f"{path}: the optimizer state does not fit this model/adapter ({e})") from None
+    module.load_state_dict(saved["module"], strict=False)
     return saved
 
 

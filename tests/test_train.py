@@ -93,6 +93,15 @@ def test_a_state_without_the_cpu_rng_is_refused(tmp_path):
         load_training_state(path, module, make_optimizer(module, 1e-2))
 
 
+def test_a_state_whose_optimizer_does_not_fit_leaves_the_module_as_it_was(tmp_path):
+    path = _saved_then_edited(tmp_path, lambda saved: saved["optimizer"]["param_groups"][0]["params"].pop())
+    module = MAKERS["prefix-mlp"](tiny_gpt(seed=1))  # other values than the saved ones
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(MiniPeftError, match=f"{re.escape(str(path))}: the optimizer state does not fit"):
+        load_training_state(path, module, make_optimizer(module, 1e-2))
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
 def test_a_state_with_the_earlier_torch_rng_key_resumes_bit_identically(tmp_path):
     """Files written before the CUDA states were saved hold the CPU state alone, as "torch_rng"."""
     torch.manual_seed(0)
