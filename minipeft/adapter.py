@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from . import safetensors
 from .errors import MiniPeftError
+from .layers import check_attention_mask
 
 FORMAT_VERSION = 1
 
@@ -57,7 +58,7 @@ def same_base(saved, current):
     sample. In another dtype: both samples rounded to the coarser dtype are equal (fp16 vs bf16,
     neither coarser: within one bf16 step, as rounding twice may land one step apart). Files from
     before the sample compare by hash only."""
-    if not isinstance(saved, dict) or any(saved.get(k) != current[k] for k in ("arch", "n_parameters", "shapes_sha256")):
+    if not _same_shapes(saved, current):
         return False
     a, b, dtype = saved.get("sample"), current["sample"], saved.get("dtype")
     if dtype not in MANTISSA_BITS or not isinstance(a, list) or len(a) != len(b) or not all(type(x) is float for x in a):
@@ -69,6 +70,11 @@ def same_base(saved, current):
     if {dtype, current["dtype"]} == {"torch.float16", "torch.bfloat16"}:
         return bool(((a - b).abs() <= b.abs() * 2 ** -7).all())
     return torch.equal(a, b)
+
+
+def _same_shapes(saved, current):
+    """Same family, size and parameter shapes (`saved` from a file: any JSON)."""
+    return isinstance(saved, dict) and all(saved.get(k) == current[k] for k in ("arch", "n_parameters", "shapes_sha256"))
 
 
 def model_dtype(model):
@@ -83,14 +89,9 @@ def last_token_index(input_ids, attention_mask=None):
         raise MiniPeftError(f"input_ids is empty (shape {list(input_ids.shape)}); give at least one token per row")
     if attention_mask is None:
         return torch.full((B,), T - 1, dtype=torch.long, device=input_ids.device)
-    if tuple(attention_mask.shape) != (B, T):
-        raise MiniPeftError(f"attention_mask must have the shape of input_ids {[B, T]}; got {list(attention_mask.shape)}")
+    check_attention_mask("attention_mask", attention_mask, (B, T), every_row_real=True)
     position = torch.arange(T, device=attention_mask.device).expand(B, T)
-    last = position.masked_fill(~attention_mask.bool(), -1).max(1).values  # -1: a row without real tokens
-    if bool((last < 0).any()):
-        raise MiniPeftError(f"attention_mask rows {(last < 0).nonzero()[:, 0].tolist()[:5]} have no real token (all 0); "
-                            f"every row needs at least one 1")
-    return last
+    return position.masked_fill(~attention_mask.bool(), -1).max(1).values
 
 
 def count_parameters(params):
@@ -185,8 +186,7 @@ def check_adapter_metadata(meta, path, method, model):
     current = fingerprint(model)
     if not same_base(base, current):
         shown = {k: v for k, v in current.items() if k != "sample"}
-        if isinstance(base, dict) and "sample" not in base and \
-                all(base.get(k) == current[k] for k in ("arch", "n_parameters", "shapes_sha256")):
+        if _same_shapes(base, current) and "sample" not in base:
             raise MiniPeftError(f"{path}: the adapter was trained on a different base model, or on this one in another dtype "
                                 f"(this file comes from an older minipeft, whose fingerprint is over the weights as stored: "
                                 f"saved {base}, this model {shown}); load the base model it was trained on, in the dtype "

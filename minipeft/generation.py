@@ -34,8 +34,8 @@ def _integer(name, x, minimum, what):
 
 
 def pick_next(logits, temperature=0.0, top_k=None, generator=None):
-    """logits [B, V] -> next token ids [B]. temperature 0 is greedy (argmax)."""
-    check_decoding(0, temperature, top_k, None)
+    """logits [B, V] -> next token ids [B]. temperature 0 is greedy (argmax). Arguments as
+    check_decoding returns them (generate checks them once, not at every token)."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature

@@ -395,8 +395,9 @@ def check_attention_mask(name, mask, shape, *, every_row_real=False):
         other = mask[(mask != 0) & (mask != 1)].flatten()[0].item()
         raise MiniPeftError(f"{name} must hold only 1 (real token) and 0 (padding); got {other}. "
                             f"An additive mask (0 = attend, -inf = not) is not one: pass (mask == 0).long()")
-    if every_row_real and not bool(mask.any(1).all()):
-        raise MiniPeftError(f"{name} has a row without any real token (all 0): it would attend to nothing. "
+    empty = (~mask.bool().any(1)).nonzero()[:, 0].tolist() if every_row_real else []
+    if empty:
+        raise MiniPeftError(f"{name} has rows {empty[:5]} without any real token (all 0): they would attend to nothing. "
                             f"An additive mask (0 = attend) reads as all padding: pass (mask == 0).long()")
 
 

@@ -167,7 +167,7 @@ def test_classify_reads_the_last_real_token_with_left_or_right_padding():
             assert (adapter.classify(batch, mask)[0] - alone).abs().max() < 1e-5
             assert (adapter.classify(batch, mask)[1] - adapter.classify(ids[1:])[0]).abs().max() < 1e-5
         mask_left[0] = 0
-        with pytest.raises(MiniPeftError, match=r"attention_mask rows \[0\] have no real token"):
+        with pytest.raises(MiniPeftError, match=r"attention_mask has rows \[0\] without any real token"):
             adapter.classify(left, mask_left)
 
 
@@ -175,7 +175,7 @@ def test_last_token_index_by_hand():
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     assert last_token_index(torch.zeros(4, 5, dtype=torch.long), mask).tolist() == [2, 4, 2, 4]
     assert last_token_index(torch.zeros(2, 5, dtype=torch.long)).tolist() == [4, 4]
-    with pytest.raises(MiniPeftError, match=r"attention_mask must have the shape of input_ids \[4, 4\]"):
+    with pytest.raises(MiniPeftError, match=r"attention_mask must have the shape of its ids \[4, 4\]"):
         last_token_index(torch.zeros(4, 4, dtype=torch.long), mask)
     with pytest.raises(MiniPeftError, match="input_ids is empty"):
         last_token_index(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0))

@@ -449,7 +449,7 @@ def test_sampling_is_reproducible_and_top_k_restricts():
     (lambda m, ids, dec: m(ids), "give decoder_input_ids, or labels"),
     (lambda m, ids, dec: m(ids, dec[:1]), "decoder_input_ids has batch 1, the encoder input 2"),
     (lambda m, ids, dec: m(ids, dec, torch.ones(2, 3)), r"attention_mask must have the shape of its ids \[2, 7\]"),
-    (lambda m, ids, dec: m(ids, dec, torch.zeros(2, 7)), "a row without any real token"),
+    (lambda m, ids, dec: m(ids, dec, torch.zeros(2, 7)), r"attention_mask has rows \[0, 1\] without any real token"),
     (lambda m, ids, dec: m(ids, dec, decoder_attention_mask=torch.ones(2, 9)), "decoder_attention_mask must have the shape"),
     (lambda m, ids, dec: m(ids, labels=torch.full((2, 4), 64)), "labels must be -100 or token ids"),
     (lambda m, ids, dec: m(ids, dec, labels=torch.zeros(2, 4, dtype=torch.long)), r"labels must have the shape of decoder_input_ids \[2, 5\]"),
