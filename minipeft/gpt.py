@@ -7,9 +7,13 @@ Hooks (used by minipeft.bitfit / prefix / prompt, never monkey-patched):
              (generate writes it into the KV cache once instead: the same keys)
   3. prompt:  forward(..., prompt=[B or 1, P, n_embd]) prepended to the token embeddings
 
-Positions count real tokens only: with a prefix of P slots the first real token sits at position P
-(as in the prefix-tuning code and peft, which pass the prefix as past keys/values); a prompt takes
-positions 0..P-1; left padding takes no position.
+Positions (positions="real", the default) count real tokens only: with a prefix of P slots the
+first real token sits at position P (as in the prefix-tuning code and peft, which pass the prefix
+as past keys/values); a prompt takes positions 0..P-1; left padding takes no position, so a row of
+a padded batch gets the positions it has alone (those transformers' own GPT-2 generate gives it).
+positions="plain" counts every slot, padding included: position = index among [prefix; prompt;
+tokens], what transformers' forward gives without position_ids and hence what peft's forward
+computes. With no padding before a real token and no unused prompt/prefix slots they are the same.
 """
 
 import math
@@ -25,8 +29,8 @@ from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import check_decoding, decode
 from .layers import (IGNORE, KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, check_attention_mask, check_hook_tensor,
-                     check_ids, check_labels, check_prefix, check_slot_mask, linear, linear_cross_entropy, merge_heads,
-                     split_heads)
+                     check_ids, check_labels, check_positions, check_prefix, check_slot_mask, linear, linear_cross_entropy,
+                     merge_heads, split_heads)
 
 
 @dataclass
@@ -181,7 +185,7 @@ class GPT(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None,
                 prefix_mask=None, prefix_start=None, prompt_mask=None, labels=None, cache=None, hidden=False,
-                return_logits=True):
+                return_logits=True, positions="real"):
         """Logits [B, T, vocab] aligned with input_ids; with labels (logits, mean next-token loss).
 
         input_ids [B, T]; attention_mask [B, T] (1 = real token, 0 = padding); labels [B, T] with
@@ -192,9 +196,11 @@ class GPT(nn.Module):
         that token index instead of in front (an infix: [x; INFIX; y]). hidden=True returns the final
         hidden states [B, T, n_embd] instead of logits (for a task head). return_logits=False (with
         labels) returns (None, loss) and never holds the [B, T, vocab] logits (see
-        layers.linear_cross_entropy): what training loops want.
+        layers.linear_cross_entropy): what training loops want. positions: "real" (padding takes no
+        position) or "plain" (every slot counts: peft's numbers on padded batches); see the module docstring.
         """
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, labels)
+        check_positions(positions)
         if hidden and labels is not None:
             raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
         if not return_logits and labels is None:
@@ -203,24 +209,24 @@ class GPT(nn.Module):
         hooks = dict(prefix=prefix, prompt=prompt, bias_delta=bias_delta, prefix_mask=prefix_mask, prefix_start=prefix_start,
                      prompt_mask=prompt_mask)
         with bias_deltas(self, bias_delta, B):
-            if self._prompt_is_shared(input_ids, attention_mask, cache, **hooks):
+            if self._prompt_is_shared(input_ids, attention_mask, cache, positions, **hooks):
                 prefix, prompt = self._prompt_as_prefix(prompt, prefix), None
             return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache,
-                                 hidden, return_logits)
+                                 hidden, return_logits, positions)
 
-    def _prompt_is_shared(self, input_ids, attention_mask, cache, *, prefix, prompt, bias_delta, prefix_mask, prefix_start,
-                          prompt_mask):
+    def _prompt_is_shared(self, input_ids, attention_mask, cache, positions, *, prefix, prompt, bias_delta, prefix_mask,
+                          prefix_start, prompt_mask):
         """True when one prompt's states serve every row (see _prompt_as_prefix): several rows, one
-        prompt and at most one prefix for all, no left padding (a leading pad takes its position
-        after the prompt slots), no per-row slot masks, infix or biases, no cache, no dropout drawing
-        a different mask per row, and everything within the context (else the plain path raises
-        the clear error)."""
+        prompt and at most one prefix for all, no left padding with positions="real" (a leading pad
+        takes its position after the prompt slots; with "plain" every slot keeps its index), no
+        per-row slot masks, infix or biases, no cache, no dropout drawing a different mask per row,
+        and everything within the context (else the other path raises the clear error)."""
         B, T = input_ids.shape
         if B == 1 or prompt is None or prompt.shape[0] != 1 or prompt_mask is not None or cache is not None:
             return False
         if prefix_mask is not None or prefix_start is not None or (self.training and self.config.dropout > 0):
             return False
-        if (attention_mask is not None and not bool(attention_mask[:, 0].all())) or \
+        if (positions == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all())) or \
                 (bias_delta and any(d.dim() == 2 for d in bias_delta.values())):
             return False
         if prefix is not None and any(t.shape[0] != 1 for pair in prefix for t in pair):
@@ -247,7 +253,7 @@ class GPT(nn.Module):
         return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(prefix, keep.pairs)]
 
     def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache, hidden,
-                 return_logits):
+                 return_logits, positions="real"):
         B, T = input_ids.shape
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         n_prompt = 0 if prompt is None else prompt.shape[1]
@@ -257,14 +263,19 @@ class GPT(nn.Module):
         n_query = valid.shape[1]
         S = n_query + (0 if cache is None else cache.length)               # keys: cached + these
 
-        # positions count real tokens (and prompt slots); tokens after a prefix/infix move up by its size
-        seen = 0 if cache is None else cache.seen[:, None]
-        positions = (valid.cumsum(1) - 1).clamp(min=0) + seen               # [B, P + T]
+        # "real": positions count real tokens (and prompt slots); "plain": every slot (cached ones too);
+        # tokens after a prefix/infix move up by its size (its valid slots, or all with "plain")
+        plain = positions == "plain"
+        if plain:
+            positions = torch.arange(S - n_query, S, device=valid.device)[None]  # [1, P + T]
+        else:
+            seen = 0 if cache is None else cache.seen[:, None]
+            positions = (valid.cumsum(1) - 1).clamp(min=0) + seen           # [B, P + T]
         n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
         prefix_valid = None
         if n_prefix:
             prefix_valid = torch.ones(1, n_prefix, dtype=torch.bool, device=valid.device) if prefix_mask is None else prefix_mask.bool()
-            shift = prefix_valid.sum(-1, keepdim=True)                      # [B or 1, 1]
+            shift = n_prefix if plain else prefix_valid.sum(-1, keepdim=True)  # [B or 1, 1]
             if prefix_start is not None:
                 index = torch.arange(S - n_query, S, device=valid.device)
                 shift = shift * (index[None] >= prefix_start[:, None])
@@ -336,13 +347,15 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, *, max_new_tokens=20, temperature=0.0, top_k=None,
                  eos_token_id=None, generator=None, prefix=None, prompt=None, prompt_mask=None,
-                 bias_delta=None, prefix_mask=None, prefix_start=None):
+                 bias_delta=None, prefix_mask=None, prefix_start=None, positions="real"):
         """Continue each row of input_ids (left-padded when rows differ in length) with a KV cache.
 
         Greedy when temperature is 0, else sampling (optionally top-k). Rows that emit eos_token_id
-        stop (and are padded with it). Takes the same hooks as forward. Returns [B, T + n_new] ids.
+        stop (and are padded with it). Takes the same hooks and positions as forward. Returns
+        [B, T + n_new] ids.
         """
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, None)
+        check_positions(positions)
         self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
         max_new_tokens, temperature, top_k, eos_token_id = check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
         if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
@@ -358,7 +371,7 @@ class GPT(nn.Module):
             cache.start_with(prefix, prefix_mask)
             prefix = prefix_mask = None
         every_step = dict(prefix=prefix, prefix_mask=prefix_mask, prefix_start=prefix_start, bias_delta=bias_delta, cache=cache,
-                          hidden=True)
+                          hidden=True, positions=positions)
         head = lambda h: linear(h[:, -1], w)  # noqa: E731  logits of the last position only, not of the whole prompt
         first = head(self(input_ids, attention_mask, prompt=prompt, prompt_mask=prompt_mask, **every_step))
         new = decode(lambda tok: head(self(tok, **every_step)), first, max_new_tokens,

@@ -316,8 +316,9 @@ class KVCache:
     """Keys/values of every layer for the tokens seen so far, preallocated [L, B, H, max_len, D].
 
     `valid` [B, max_len] marks real tokens (left padding stays masked), `seen` [B] counts them so
-    that positions keep counting real tokens only. A prefix is not stored here by forward passes
-    (see attend()); generation may put one in front with start_with().
+    that positions keep counting real tokens only (positions="plain" counts every slot: `length`).
+    A prefix is not stored here by forward passes (see attend()); generation may put one in front
+    with start_with().
     """
 
     def __init__(self, n_layer, batch, n_head, max_len, head_dim, *, device=None, dtype=torch.float32):
@@ -399,6 +400,18 @@ def check_attention_mask(name, mask, shape, *, every_row_real=False):
     if empty:
         raise MiniPeftError(f"{name} has rows {empty[:5]} without any real token (all 0): they would attend to nothing. "
                             f"An additive mask (0 = attend) reads as all padding: pass (mask == 0).long()")
+
+
+POSITIONS = ("real", "plain")
+
+
+def check_positions(positions):
+    """The positions convention: "real" (padding takes no position) or "plain" (every slot counts)."""
+    if not isinstance(positions, str) or positions not in POSITIONS:
+        raise MiniPeftError(f"positions must be 'real' (the default: padding takes no position, a row gets the positions "
+                            f"it has alone) or 'plain' (every slot counts, padding included, as in transformers' and "
+                            f"peft's forward); got {positions!r:.100}")
+    return positions
 
 
 def check_labels(labels, shape, vocab_size):

@@ -1,7 +1,9 @@
 """Read and write peft's on-disk format (adapter_config.json + adapter_model.safetensors).
 
 Covered: GPT-2 prompt tuning, GPT-2 prefix tuning (the baked prefix), T5 prompt tuning. An adapter
-trained here runs in peft and one trained in peft runs here, with equal logits.
+trained here runs in peft and one trained in peft runs here, with equal logits on real tokens.
+On left-padded batches peft's forward counts the pads as positions: pass positions="plain" to the
+adapter to get its numbers (the default, "real", gives each row the positions it has alone).
 
 peft's layout: one tensor "prompt_embeddings". Prompt tuning: [P * n_submodules, d_model] (T5
 has 2 submodules, encoder and decoder, but only the first P rows are used, on the encoder input).

@@ -28,10 +28,12 @@ the real tokens at P, P+1, ...:
     encoder, never confused with tokens after the query), and distances between real tokens are
     unchanged, so a prefix made of real tokens' keys/values reproduces those tokens.
   - cross-attention has no position bias: a prefix there just adds keys/values.
-Positions count valid slots only: padding, and the unused slots of a shorter prompt or prefix in
-a mixed-task batch, take none. Without padding these are the plain indices transformers uses; with
-padding the distances between real tokens are the same as in transformers, and a row of a mixed
-batch gets exactly the bias it would get alone.
+Positions (positions="real", the default) count valid slots only: padding, and the unused slots
+of a shorter prompt or prefix in a mixed-task batch, take none, so a row of a padded or mixed
+batch gets exactly the bias it would get alone. positions="plain" counts every slot, padding
+included: the plain indices transformers uses, so with padding between a prompt and the text
+(peft's prompt tuning on a left-padded batch) it gives peft's numbers. Without padding or unused
+slots the two are the same; with right padding only they differ on the padding alone.
 """
 
 import math
@@ -47,8 +49,8 @@ from .checkpoint import Key
 from .errors import MiniPeftError
 from .generation import check_decoding, decode
 from .layers import (IGNORE, KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, check_attention_mask,
-                     check_hook_tensor, check_ids, check_labels, check_prefix, check_slot_mask, linear, linear_cross_entropy,
-                     merge_heads, split_heads)
+                     check_hook_tensor, check_ids, check_labels, check_positions, check_prefix, check_slot_mask, linear,
+                     linear_cross_entropy, merge_heads, split_heads)
 
 PAD_ID = 0            # also the decoder's start token
 EOS_ID = 1
@@ -241,11 +243,12 @@ class Stack(nn.Module):
         self.final_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps, cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def position_bias(self, key_valid, n_query):
-        """[B or 1, H, T, S] for T queries that are the last T of S keys. Positions count valid keys
-        only (padding and unused prefix/prompt slots take none), so a row's bias is what it would
-        be alone; with no padding they are the plain indices transformers uses."""
-        if bool(key_valid.all()):
+    def position_bias(self, key_valid, n_query, positions="real"):
+        """[B or 1, H, T, S] for T queries that are the last T of S keys. "real": positions count
+        valid keys only (padding and unused prefix/prompt slots take none), so a row's bias is what
+        it would be alone; with no padding they are the plain indices transformers uses, which
+        "plain" uses always."""
+        if positions == "plain" or bool(key_valid.all()):
             pos = torch.arange(key_valid.shape[1], device=key_valid.device)[None]  # [1, S]
         else:
             pos = key_valid.long().cumsum(1) - 1                                    # [B, S]
@@ -254,14 +257,15 @@ class Stack(nn.Module):
         return self.relative_attention_bias(buckets).permute(0, 3, 1, 2)
 
     def forward(self, x, key_valid, *, prefix=None, prefix_valid=None, cache=None, cross_kv=None, cross_mask=None,
-                cross_prefix=None):
+                cross_prefix=None, positions="real"):
         """x [B, T, d_model] -> [B, T, d_model]. key_valid [B, S] marks the real keys (S = T, or
         the cached tokens + T); prefix slots take key positions 0..P-1 in front of them, and
-        prefix_valid [B or 1, P] marks the slots a row uses (left-padded: distances stay the same)."""
+        prefix_valid [B or 1, P] marks the slots a row uses (left-padded: distances stay the same).
+        positions: "real" or "plain" (see position_bias)."""
         T, B = x.shape[1], x.shape[0]
         P = 0 if prefix is None else prefix[0][0].shape[2]
         slots = key_valid.new_ones(B, P) if prefix_valid is None else prefix_valid.expand(B, -1)
-        mask = self.position_bias(torch.cat([slots, key_valid], 1), T)         # [B or 1, H, T, P+S]
+        mask = self.position_bias(torch.cat([slots, key_valid], 1), T, positions)  # [B or 1, H, T, P+S]
         if not (bool(key_valid.all()) and prefix_valid is None and (not self.is_decoder or T == 1)):
             allowed = build_mask(key_valid, T, n_prefix=P, prefix_valid=prefix_valid, causal=self.is_decoder)  # [B, 1, T, P+S]
             mask = torch.where(allowed, mask, float("-inf"))                    # masked keys get zero weight
@@ -345,7 +349,7 @@ class T5(nn.Module):
 
     def forward(self, input_ids=None, decoder_input_ids=None, attention_mask=None, *, decoder_attention_mask=None,
                 prefix=None, prompt=None, bias_delta=None, prefix_mask=None, prompt_mask=None, labels=None,
-                encoder_out=None, cache=None, hidden=False, return_logits=True):
+                encoder_out=None, cache=None, hidden=False, return_logits=True, positions="real"):
         """Logits [B, T_dec, vocab] aligned with decoder_input_ids; with labels (logits, mean loss).
 
         input_ids [B, T] and attention_mask [B, T] (1 = real, 0 = padding) feed the encoder, or give
@@ -357,9 +361,12 @@ class T5(nn.Module):
         and prompt_mask [B or 1, P] for rows that use fewer slots (many tasks in one batch).
         hidden=True returns the decoder's final hidden states [B, T_dec, d_model] instead of logits.
         return_logits=False (with labels) returns (None, loss) without holding the logits.
+        positions: "real" (padding takes no position) or "plain" (every slot counts: peft's numbers
+        on padded batches), in both stacks (see the module docstring; encode() takes its own).
         """
         B, decoder_input_ids = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoder_input_ids,
                                                   decoder_attention_mask, labels, encoder_out)
+        check_positions(positions)
         prefix, prefix_mask = prefix or {}, self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
         if hidden and labels is not None:
             raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
@@ -368,10 +375,10 @@ class T5(nn.Module):
         with bias_deltas(self, bias_delta, B):
             if encoder_out is None:
                 encoder_out = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
-                                           prefix_mask.get("encoder"), prompt_mask)
+                                           prefix_mask.get("encoder"), prompt_mask, positions=positions)
             enc_valid = encoder_out[1]
             out = self._decode(decoder_input_ids, decoder_attention_mask, enc_valid, self._cross_kv(encoder_out[0]), prefix,
-                               cache, prefix_mask, hidden or (labels is not None and not return_logits))
+                               cache, prefix_mask, hidden or (labels is not None and not return_logits), positions)
         if labels is None:
             return out
         if not return_logits:                                               # out: hidden states
@@ -380,16 +387,18 @@ class T5(nn.Module):
         return out, F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
 
     def encode(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None, prefix_mask=None,
-               prompt_mask=None):
+               prompt_mask=None, positions="real"):
         """Run the encoder once: (hidden [B, P_prompt + T, d_model], mask [B, P_prompt + T] bool).
         The pair is what forward(encoder_out=...) takes. Only prefix["encoder"] is used here."""
         B, _ = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
         prefix_mask = self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
+        check_positions(positions)
         with bias_deltas(self, bias_delta, B):
             return self._encode(input_ids, attention_mask, (prefix or {}).get("encoder"), prompt,
-                                prefix_mask.get("encoder"), prompt_mask)
+                                prefix_mask.get("encoder"), prompt_mask, positions=positions)
 
-    def _encode(self, input_ids, attention_mask, prefix, prompt, prefix_valid=None, prompt_mask=None, cache=None):
+    def _encode(self, input_ids, attention_mask, prefix, prompt, prefix_valid=None, prompt_mask=None, cache=None,
+                positions="real"):
         B = input_ids.shape[0]
         x = self.shared(input_ids)                                          # [B, T, d] (no sqrt(d) scaling)
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -400,8 +409,9 @@ class T5(nn.Module):
         if prefix_valid is not None:
             prefix_valid = prefix_valid.bool()
         if cache is None:
-            return self.encoder(x, valid, prefix=prefix, prefix_valid=prefix_valid), valid
-        h = self.encoder(x, cache.append_mask(valid), prefix=prefix, prefix_valid=prefix_valid, cache=cache)  # the cache records keys/values
+            return self.encoder(x, valid, prefix=prefix, prefix_valid=prefix_valid, positions=positions), valid
+        h = self.encoder(x, cache.append_mask(valid), prefix=prefix, prefix_valid=prefix_valid, cache=cache,
+                         positions=positions)  # the cache records keys/values
         cache.advance(valid)
         return h, valid
 
@@ -409,7 +419,7 @@ class T5(nn.Module):
         """Keys/values of the encoder output for every decoder layer's cross-attention."""
         return [block.cross.kv(hidden) for block in self.decoder.blocks]
 
-    def _decode(self, ids, attention_mask, enc_valid, cross_kv, prefix, cache, prefix_mask=None, hidden=False):
+    def _decode(self, ids, attention_mask, enc_valid, cross_kv, prefix, cache, prefix_mask=None, hidden=False, positions="real"):
         B = ids.shape[0]
         prefix_mask = prefix_mask or {}
         x = self.shared(ids)                                                # [B, T, d]
@@ -423,7 +433,7 @@ class T5(nn.Module):
         cross_mask = None if bool(enc_valid.all()) else enc_valid[:, None, None, :]  # [B, 1, 1, Pc+S], no position bias
         decoder_valid = prefix_mask.get("decoder")
         h = self.decoder(x, key_valid, prefix=prefix.get("decoder"), prefix_valid=None if decoder_valid is None else decoder_valid.bool(),
-                         cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, cross_prefix=cross_prefix)
+                         cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, cross_prefix=cross_prefix, positions=positions)
         if cache is not None:
             cache.advance(valid)
         if hidden:
@@ -507,25 +517,28 @@ class T5(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, *, max_new_tokens=20, temperature=0.0, top_k=None,
                  eos_token_id=EOS_ID, generator=None, prefix=None, prompt=None, bias_delta=None, prefix_mask=None,
-                 prompt_mask=None):
+                 prompt_mask=None, positions="real"):
         """Decode an answer to each row of input_ids (padding on either side is fine).
 
         The encoder runs once, each decoder layer's cross-attention keys/values are computed once,
         and the decoder's self-attention uses a KV cache. Greedy when temperature is 0, else
         sampling (optionally top-k). Rows that emit eos_token_id stop (and are padded with it).
         Returns [B, 1 + n_new] decoder tokens, starting with the start token 0, as transformers does.
+        positions: as in forward.
         """
         B, _ = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
+        check_positions(positions)
         prefix, prefix_mask = prefix or {}, self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
         max_new_tokens, temperature, top_k, eos_token_id = check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
         cfg, w = self.config, self.shared.weight
         start = input_ids.new_full((B, 1), PAD_ID)
         with bias_deltas(self, bias_delta, B):
             hidden, enc_valid = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
-                                             prefix_mask.get("encoder"), prompt_mask)
+                                             prefix_mask.get("encoder"), prompt_mask, positions=positions)
             cross_kv = self._cross_kv(hidden)                                # once, not per step
             cache = KVCache(cfg.num_decoder_layers, B, cfg.num_heads, max_new_tokens + 1, cfg.d_kv, device=w.device, dtype=w.dtype)
-            step = lambda tok: self._decode(tok, None, enc_valid, cross_kv, prefix, cache, prefix_mask)[:, -1]  # noqa: E731
+            step = lambda tok: self._decode(tok, None, enc_valid, cross_kv, prefix, cache, prefix_mask,  # noqa: E731
+                                            positions=positions)[:, -1]
             new = decode(step, step(start), max_new_tokens, eos_token_id=eos_token_id, temperature=temperature,
                          top_k=top_k, generator=generator)
         return torch.cat([start, new], dim=1)

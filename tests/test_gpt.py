@@ -1,5 +1,6 @@
 """GPT-2 core: parity with transformers, hooks against equivalent formulations, loading and saving."""
 
+import inspect
 import os
 
 import pytest
@@ -60,6 +61,36 @@ def test_logits_match_transformers_with_padding_mask(hf_pair):
     real = mask.bool()
     assert (got - want)[real].abs().max() < 1e-5
     assert torch.isfinite(got).all()  # padding rows stay finite (no empty softmax rows)
+    with torch.no_grad():  # without position_ids transformers numbers every slot, the pads too: positions="plain"
+        want = hf(ids, attention_mask=mask).logits
+        got = ours(ids, mask, positions="plain")
+    assert (got - want)[real].abs().max() < 1e-5
+
+
+def test_plain_positions_match_transformers_with_unused_slots(hf_pair):
+    """positions="plain" numbers every slot, also the unused ones of prompt_mask / prefix_mask: what
+    transformers computes with the prompt as input embeddings, or the prefix as past keys/values, and
+    the slot masks in front of attention_mask (no position_ids)."""
+    hf, ours, _ = hf_pair
+    cfg = ours.config
+    ids = torch.randint(0, TINY["vocab_size"], (3, 8))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    mask[2, 6:] = 0  # right padding
+    real = mask.bool()
+    prompt, prompt_mask = torch.randn(3, 4, cfg.n_embd), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [0, 1, 1, 1]])
+    prefix = [tuple(torch.randn(3, cfg.n_head, 3, cfg.head_dim) for _ in "kv") for _ in range(cfg.n_layer)]
+    prefix_mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 1]])
+    cache_arg = "cache" if "cache" in inspect.signature(transformers.GPT2LMHeadModel.forward).parameters else "past_key_values"
+    with torch.no_grad():
+        want = hf(inputs_embeds=torch.cat([prompt, hf.transformer.wte(ids)], 1),
+                  attention_mask=torch.cat([prompt_mask, mask], 1)).logits
+        got = ours(ids, mask, prompt=prompt, prompt_mask=prompt_mask, positions="plain")
+        assert (got - want[:, 4:])[real].abs().max() < 1e-5
+        want = hf(ids, attention_mask=torch.cat([prefix_mask, mask], 1), use_cache=True,
+                  **{cache_arg: transformers.DynamicCache(prefix)}).logits
+        got = ours(ids, mask, prefix=prefix, prefix_mask=prefix_mask, positions="plain")
+        assert (got - want)[real].abs().max() < 1e-5
 
 
 def test_greedy_generation_matches_transformers(hf_pair):
@@ -183,6 +214,32 @@ def test_generate_with_hooks_equals_full_recompute(hook):
             full_mask = torch.cat([mask, torch.ones(2, seq.shape[1] - ids.shape[1], dtype=torch.long)], 1)
             seq = torch.cat([seq, model(seq, full_mask, **kw)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(got, seq)
+
+
+@pytest.mark.parametrize("hook", ["prompt", "per-row prefix, masked"])
+def test_generate_with_plain_positions_equals_full_recompute(hook):
+    """positions="plain" (every slot counts, pads included) in cached generation: the prompt pass
+    and every step number the slots as the forward pass over the whole sequence does; the tokens
+    differ from the default's (positions matter here), so the choice reaches every step."""
+    model = _tiny()
+    with torch.no_grad():
+        model.wpe.weight.normal_(0, 1.0)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 5))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    if hook == "prompt":
+        kw = dict(prompt=torch.randn(1, 3, TINY["n_embd"]))
+    else:
+        kw = dict(prefix=[(torch.randn(2, 4, 3, 8), torch.randn(2, 4, 3, 8)) for _ in range(TINY["n_layer"])],
+                  prefix_mask=torch.tensor([[1, 1, 1], [1, 0, 0]]))
+    got = model.generate(ids, mask, max_new_tokens=8, positions="plain", **kw)
+    seq = ids
+    with torch.no_grad():
+        for _ in range(8):
+            full_mask = torch.cat([mask, torch.ones(2, seq.shape[1] - ids.shape[1], dtype=torch.long)], 1)
+            seq = torch.cat([seq, model(seq, full_mask, positions="plain", **kw)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(got, seq)
+    assert not torch.equal(got[1], model.generate(ids, mask, max_new_tokens=8, **kw)[1])
 
 
 def test_cache_started_with_a_prefix_equals_attending_to_it():
@@ -382,8 +439,8 @@ def test_too_long_for_the_context_counts_prefix_and_prompt():
         model(ids, prefix=prefix, prompt=torch.zeros(1, 2, 32))
 
 
-@pytest.mark.parametrize("case", ["plain", "padding", "left padding and labels", "with prefix", "prefix value per row",
-                                  "labels", "dropout in eval"])
+@pytest.mark.parametrize("case", ["plain", "padding", "left padding and labels", "left padding, plain positions", "with prefix",
+                                  "prefix value per row", "labels", "dropout in eval"])
 def test_shared_prompt_run_once_equals_the_prompt_in_every_row(case):
     """A [1, P, C] prompt is run once and handed to the rows as a prefix of its keys/values; the same
     prompt given per row ([B, P, C]) takes the plain path. Outputs and gradients must agree."""
@@ -396,6 +453,11 @@ def test_shared_prompt_run_once_equals_the_prompt_in_every_row(case):
     if case == "left padding and labels":  # the plain path (a leading pad's position follows the prompt)
         kw["attention_mask"] = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]])
         kw["labels"] = ids.masked_fill(kw["attention_mask"] == 0, -100)
+    if case == "left padding, plain positions":  # the run-once path: every slot keeps its index
+        kw["attention_mask"] = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]])
+        kw["labels"] = ids.masked_fill(kw["attention_mask"] == 0, -100)
+        kw["positions"] = "plain"
+        kw["prefix"] = [(torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8)) for _ in range(TINY["n_layer"])]
     if case == "with prefix":
         kw["prefix"] = [(torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8)) for _ in range(TINY["n_layer"])]
     if case == "prefix value per row":  # the plain path: the prompt's states differ per row
@@ -423,11 +485,17 @@ def test_shared_prompt_takes_the_run_once_path():
     model = _tiny()
     seen = []
     hook = model.h[0].register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    left_padded = torch.ones(3, 7, dtype=torch.long)
+    left_padded[1, :3] = 0
     with torch.no_grad():
         model(torch.randint(0, TINY["vocab_size"], (3, 7)), prompt=torch.randn(1, 5, TINY["n_embd"]))
         model(torch.randint(0, TINY["vocab_size"], (3, 7)), prompt=torch.randn(3, 5, TINY["n_embd"]))
+        model(torch.randint(0, TINY["vocab_size"], (3, 7)), left_padded, prompt=torch.randn(1, 5, TINY["n_embd"]))  # "real"
+        model(torch.randint(0, TINY["vocab_size"], (3, 7)), left_padded, prompt=torch.randn(1, 5, TINY["n_embd"]),
+              positions="plain")
     hook.remove()
-    assert seen == [(1, 5, TINY["n_embd"]), (3, 7, TINY["n_embd"]), (3, 12, TINY["n_embd"])]
+    once, per_row = [(1, 5, TINY["n_embd"]), (3, 7, TINY["n_embd"])], [(3, 12, TINY["n_embd"])]
+    assert seen == once + per_row + per_row + once
 
 
 def test_generate_takes_numpy_and_0d_torch_numbers():

@@ -1,10 +1,12 @@
-"""peft interoperability: adapters cross both ways with equal logits (peft is a test oracle)."""
+"""peft interoperability: adapters cross both ways with equal logits (peft is a test oracle);
+on left-padded batches peft's forward counts the pads, and positions="plain" reproduces it."""
 
 import pytest
 import torch
 
-from minipeft import GPT, MiniPeftError, PrefixTuning, PromptTuning, BitFit
+from minipeft import GPT, T5, MiniPeftError, PrefixTuning, PromptTuning, BitFit
 from minipeft.peft_format import load_peft, save_peft
+from minipeft.t5 import shift_right
 
 import transformers  # noqa: E402  test oracle (dev extra)
 import peft  # noqa: E402
@@ -49,18 +51,26 @@ def test_minipeft_adapter_runs_in_peft(base, tmp_path, kind):
     assert (got - want).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("kind", ["prompt", "prefix"])
-def test_peft_adapter_runs_in_minipeft(base, tmp_path, kind):
-    hf = transformers.GPT2LMHeadModel.from_pretrained(base).eval()
-    config = (peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5) if kind == "prompt" else
-              peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=16))
-    theirs = peft.get_peft_model(hf, config)
-    with torch.no_grad():  # as if trained
+def _trained_in_peft(model, config, folder, scale=0.1):
+    """A peft model with its adapter moved as if trained, saved to `folder`; returned in eval mode."""
+    theirs = peft.get_peft_model(model, config)
+    with torch.no_grad():
         for p in theirs.parameters():
             if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    theirs.eval()
-    theirs.save_pretrained(tmp_path)
+                p.add_(torch.randn_like(p) * scale)
+    theirs.eval().save_pretrained(folder)
+    return theirs
+
+
+def _gpt2_trained_in_peft(base, folder, kind):
+    config = (peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5) if kind == "prompt" else
+              peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, prefix_projection=True, encoder_hidden_size=16))
+    return _trained_in_peft(transformers.GPT2LMHeadModel.from_pretrained(base).eval(), config, folder)
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_peft_adapter_runs_in_minipeft(base, tmp_path, kind):
+    theirs = _gpt2_trained_in_peft(base, tmp_path, kind)
     adapter = load_peft(GPT.from_pretrained(base), tmp_path)
     ids = torch.randint(0, 61, (2, 9))
     with torch.no_grad():
@@ -94,8 +104,12 @@ def _t5_logits(model, ids, dec):
         return model(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=dec).logits
 
 
+def _t5_trained_in_peft(t5_base, folder):
+    return _trained_in_peft(transformers.T5ForConditionalGeneration.from_pretrained(t5_base),
+                            peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4), folder, scale=1.0)
+
+
 def test_t5_prompt_tuning_both_ways(t5_base, tmp_path):
-    from minipeft import T5
     ids = torch.randint(2, 50, (2, 7))
     dec = torch.randint(2, 50, (2, 4))
     # minipeft -> peft
@@ -105,13 +119,7 @@ def test_t5_prompt_tuning_both_ways(t5_base, tmp_path):
     with torch.no_grad():
         assert (ours(ids, dec) - _t5_logits(theirs, ids, dec)).abs().max() < 1e-5
     # peft -> minipeft
-    theirs = peft.get_peft_model(transformers.T5ForConditionalGeneration.from_pretrained(t5_base),
-                                 peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4))
-    with torch.no_grad():
-        for p in theirs.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p))
-    theirs.eval().save_pretrained(tmp_path / "theirs")
+    theirs = _t5_trained_in_peft(t5_base, tmp_path / "theirs")
     loaded = load_peft(T5.from_pretrained(t5_base), tmp_path / "theirs")
     with torch.no_grad():
         assert (loaded(ids, dec) - _t5_logits(theirs, ids, dec)).abs().max() < 1e-5
@@ -135,3 +143,79 @@ def test_prefix_shape_is_checked_before_allocating(base, tmp_path):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB
     checkpoint.write_json(tmp_path / "adapter_config.json", {**config, "num_virtual_tokens": 4})
     assert torch.equal(load_peft(model, tmp_path).prefix["self"], torch.zeros(4, 128))
+
+
+# ---- left padding: peft's forward counts the pads, minipeft's default does not ---------------------
+
+TOL = 1e-5
+
+
+def _left_padded(vocab, T):
+    """3 rows, row 1 left-padded by 3, the others not."""
+    ids = torch.randint(2, vocab, (3, T))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_gpt2_plain_positions_give_peft_numbers_on_left_padded_batches(base, tmp_path, kind):
+    """peft passes no position_ids, so GPT-2 numbers every slot, the pads too: positions="plain"
+    gives peft's logits on real tokens and its loss; the default gives a padded row the positions
+    it has alone, which peft's forward does not."""
+    theirs = _gpt2_trained_in_peft(base, tmp_path, kind)
+    adapter = load_peft(GPT.from_pretrained(base), tmp_path)
+    ids, mask = _left_padded(61, 9)
+    labels = ids.masked_fill(mask == 0, -100)
+    # each row's first real token has no real token before it: it is predicted from a pad (row 1),
+    # whose outputs differ, or by peft's prompt tuning from the last prompt slot (row 0; minipeft has
+    # no output there)
+    labels[torch.arange(3), (mask == 0).sum(1)] = -100
+    real = mask.bool()
+    with torch.no_grad():
+        want = theirs(input_ids=ids, attention_mask=mask, labels=labels)
+        want_logits = want.logits[:, -9:]  # prompt tuning returns P extra leading positions
+        plain, loss = adapter(ids, mask, labels=labels, positions="plain")
+        default = adapter(ids, mask)
+        alone = adapter(ids[1:2, 3:])
+    assert (plain - want_logits)[real].abs().max() < TOL
+    assert abs(loss.item() - want.loss.item()) < TOL
+    assert (default[1, 3:] - alone[0]).abs().max() < TOL                     # the default: the row as alone
+    assert (default[[0, 2]] - want_logits[[0, 2]]).abs().max() < TOL         # rows without padding agree anyway
+    assert (default[1, 3:] - want_logits[1, 3:]).abs().max() > 100 * TOL     # the padded row does not: the option matters
+    keep_first = labels.clone()
+    keep_first[0, 0] = ids[0, 0]  # row 0's first token: peft's prompt tuning scores it from the last prompt slot
+    with torch.no_grad():
+        gap = (theirs(input_ids=ids, attention_mask=mask, labels=keep_first).loss
+               - adapter(ids, mask, labels=keep_first, positions="plain")[1])
+    assert (abs(gap.item()) > 100 * TOL) == (kind == "prompt")
+
+
+def test_t5_plain_positions_give_peft_numbers_on_left_padded_batches(t5_base, tmp_path):
+    """peft's T5 prompt tuning prepends the prompt and P ones to the encoder mask: the pads sit
+    between the prompt and the text and take relative positions (the decoder is untouched)."""
+    theirs = _t5_trained_in_peft(t5_base, tmp_path)
+    loaded = load_peft(T5.from_pretrained(t5_base), tmp_path)
+    ids, mask = _left_padded(50, 7)
+    labels = torch.randint(2, 50, (3, 4))
+    dec = shift_right(labels)
+    with torch.no_grad():
+        want = theirs(input_ids=ids, attention_mask=mask, labels=labels)
+        plain, loss = loaded(ids, attention_mask=mask, labels=labels, positions="plain")
+        default = loaded(ids, dec, mask)
+        alone = loaded(ids[1:2, 3:], dec[1:2])
+    assert (plain - want.logits).abs().max() < TOL
+    assert abs(loss.item() - want.loss.item()) < TOL
+    assert (default[1] - alone[0]).abs().max() < TOL
+    assert (default[[0, 2]] - want.logits[[0, 2]]).abs().max() < TOL
+    assert (default[1] - want.logits[1]).abs().max() > 100 * TOL
+
+
+def test_positions_is_checked(base, t5_base):
+    gpt, t5 = GPT.from_pretrained(base), T5.from_pretrained(t5_base)
+    ids = torch.randint(2, 50, (2, 5))
+    for call in (lambda: gpt(ids, positions="padded"), lambda: gpt.generate(ids, positions=None),
+                 lambda: PromptTuning(gpt, 2)(ids, positions="Plain"), lambda: t5(ids, ids, positions=1),
+                 lambda: t5.encode(ids, positions="all"), lambda: t5.generate(ids, positions=["plain"])):
+        with pytest.raises(MiniPeftError, match="positions must be 'real' .* or 'plain'"):
+            call()

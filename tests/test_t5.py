@@ -431,6 +431,41 @@ def test_generate_with_hooks_equals_full_recompute(hooks):
     assert torch.equal(got, seq)
 
 
+def test_plain_positions_match_transformers_with_pads_inside(hf_pair):
+    """positions="plain" numbers every encoder slot, pads and unused prompt slots included: what
+    transformers computes with the [prompt; text] embeddings as input (peft's prompt tuning)."""
+    _, hf, ours, _ = hf_pair
+    ids, mask = padded_batch(8)
+    dec = torch.randint(3, V, (3, 4))
+    prompt, prompt_mask = torch.randn(3, 5, ours.config.d_model), torch.tensor([[1] * 5, [1] * 5, [1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        want = hf(inputs_embeds=torch.cat([prompt, hf.shared(ids)], 1), attention_mask=torch.cat([prompt_mask, mask], 1),
+                  decoder_input_ids=dec).logits
+        got = ours(ids, dec, mask, prompt=prompt, prompt_mask=prompt_mask, positions="plain")
+        default = ours(ids, dec, mask, prompt=prompt, prompt_mask=prompt_mask)
+    assert (got - want).abs().max() < 1e-5
+    assert (default[0] - want[0]).abs().max() < 1e-5       # nothing before a real token is padding: the same
+    assert (default[1] - want[1]).abs().max() < 1e-5       # right padding only: the same
+    assert (default[2] - want[2]).abs().max() > 1e-3       # pads and unused slots before the text: not
+
+
+def test_generate_with_plain_positions_equals_full_recompute():
+    """Cached generation with positions="plain" == greedy argmax recomputed with it at every step; and
+    the choice reaches generate (sampled with one seed, the two conventions draw different tokens)."""
+    model = _tiny()
+    ids, mask = padded_batch(8)
+    kw = dict(prompt=torch.randn(3, 5, model.config.d_model), prompt_mask=torch.tensor([[1] * 5, [1] * 5, [1, 1, 0, 0, 0]]))
+    generated = model.generate(ids, mask, max_new_tokens=10, eos_token_id=None, positions="plain", **kw)
+    seq = torch.zeros(3, 1, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(10):
+            seq = torch.cat([seq, model(ids, seq, mask, positions="plain", **kw)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(generated, seq)
+    sampled = [model.generate(ids, mask, max_new_tokens=10, eos_token_id=None, temperature=1.0, positions=positions,
+                              generator=torch.Generator().manual_seed(5), **kw) for positions in ("plain", "real")]
+    assert not torch.equal(*sampled)  # greedy decoding of this random model repeats one token either way
+
+
 def test_sampling_is_reproducible_and_top_k_restricts():
     model = _tiny()
     ids = torch.randint(0, V, (2, 5))
