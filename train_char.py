@@ -104,6 +104,8 @@ def check_args(parser, args):
         parser.error(f"--block-size {args.block_size} exceeds the model's context of {GPTConfig.named('char').n_positions}")
     if args.resume and args.retrain:
         parser.error("give --resume (continue the checkpoint in --out) or --retrain (replace it), not both")
+    if args.arch == "t5" and args.out == "runs/char":
+        args.out = "runs/char-t5"  # before check_run_args, so that --resume looks in the folder this run uses
     check_run_args(parser, args, STATE_FILE)
     methods = ft.METHODS if args.method == "all" else () if args.method == "none" else tuple(args.method.split(","))
     unknown = [m for m in methods if m not in ft.METHODS]
@@ -112,8 +114,6 @@ def check_args(parser, args):
     args.methods = methods
     if args.ft_steps < 1 or args.ft_examples < 1:
         parser.error("--ft-steps and --ft-examples must be positive integers")
-    if args.arch == "t5" and args.out == "runs/char":
-        args.out = "runs/char-t5"
     if args.warmup is None:
         args.warmup = args.steps // 20
     return args

@@ -354,3 +354,9 @@ def test_the_same_finished_checkpoint_is_reused_and_other_arguments_are_named(fi
     assert (f"reusing the pretrained model in {out} (finished at step 2; it was pretrained with other --lr than this "
             "run's; --retrain to train it again)") in capsys.readouterr().out
     assert checkpoint_files(out) == before
+
+
+def test_t5_resume_looks_in_the_t5_default_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    error = refusal(["--arch", "t5", "--resume"], capsys)
+    assert error.endswith(f"--resume: no checkpoint in runs/char-t5 (expected {os.path.join('runs', 'char-t5', 'train_state.pt')})")
