@@ -7,7 +7,10 @@
     python train_char.py --data my_text.txt    # pretrain on any UTF-8 text file
     python train_char.py --resume              # continue pretraining from the checkpoint in --out
 
-Pretraining is skipped when --out already holds a finished checkpoint (--retrain forces it).
+Pretraining is skipped when --out already holds a finished checkpoint of --steps steps. Any other
+checkpoint there (damaged, stopped early, of another --steps or --arch) is refused with what was
+found and the ways on: --resume continues it, --retrain pretrains again and replaces it, or pass
+another --out; nothing in --out is replaced without --retrain.
 Fine-tuning uses the generated tasks (minipeft.tasks): E2E-style table-to-text, scored by the
 validation loss of the sentence, and a label-word sentiment task, scored by accuracy, mixed in one
 training set. Each method's adapter is saved to --out/adapters/.
@@ -18,7 +21,7 @@ loadable with GPT.from_pretrained), tokenizer.json, and train_state.pt (optimize
 tokenizer) for --resume. Each step's batch depends only on (--seed, step), so a run that is
 stopped and resumed ends with the same weights as one that ran straight through (on CPU).
 Ctrl-C during pretraining finishes the current step, saves the checkpoint and exits; a second
-Ctrl-C stops at once.
+Ctrl-C stops at once. The paths written are printed at the end.
 
 `pretrain(args)` is the reusable part: later scripts fine-tune the model it returns.
 """
@@ -43,6 +46,11 @@ from minipeft.train import CtrlC, check_run_args, restore_rng, rng_state, step_s
 
 STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
+WEIGHTS_FILE = os.path.join(MODEL_DIR, "model.safetensors")
+TOKENIZER_FILE = "tokenizer.json"
+CHECKPOINT_FILES = (STATE_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
+ADAPTERS_DIR = "adapters"
+RUN_ARGS = ("data", "batch_size", "block_size", "lr", "warmup", "seed", "steps")  # they decide the pretrained weights
 VAL_FRACTION = 0.1
 SAMPLE_TEMPERATURE = 0.8
 
@@ -77,7 +85,8 @@ def build_parser():
     p.add_argument("--ft-steps", type=int, default=100, help="fine-tuning steps per method (default: %(default)s)")
     p.add_argument("--ft-examples", type=int, default=1000, help="training examples per task; validation uses up to 300 "
                    "more per task (default: %(default)s)")
-    p.add_argument("--retrain", action="store_true", help="pretrain again even if --out holds a finished checkpoint")
+    p.add_argument("--retrain", action="store_true", help="pretrain again and replace the checkpoint in --out (without "
+                   "it, a checkpoint that is not a finished one for these arguments is refused)")
     p.add_argument("--prompt", default="\n", help="text the final sample starts from (default: a newline)")
     return p
 
@@ -93,6 +102,10 @@ def check_args(parser, args):
         parser.error(f"--sample-length must be >= 0, got {args.sample_length}")
     if args.block_size > GPTConfig.named("char").n_positions:
         parser.error(f"--block-size {args.block_size} exceeds the model's context of {GPTConfig.named('char').n_positions}")
+    if args.resume and args.retrain:
+        parser.error("give --resume (continue the checkpoint in --out) or --retrain (replace it), not both")
+    if args.arch == "t5" and args.out == "runs/char":
+        args.out = "runs/char-t5"  # before check_run_args, so that --resume looks in the folder this run uses
     check_run_args(parser, args, STATE_FILE)
     methods = ft.METHODS if args.method == "all" else () if args.method == "none" else tuple(args.method.split(","))
     unknown = [m for m in methods if m not in ft.METHODS]
@@ -101,8 +114,6 @@ def check_args(parser, args):
     args.methods = methods
     if args.ft_steps < 1 or args.ft_examples < 1:
         parser.error("--ft-steps and --ft-examples must be positive integers")
-    if args.arch == "t5" and args.out == "runs/char":
-        args.out = "runs/char-t5"
     if args.warmup is None:
         args.warmup = args.steps // 20
     return args
@@ -194,7 +205,7 @@ def save_checkpoint(out, model, optimizer, tokenizer, step, args):
     between the two writes is detected on --resume instead of silently mixing steps.
     """
     model.save_pretrained(os.path.join(out, MODEL_DIR))
-    with atomic_write(os.path.join(out, "tokenizer.json"), "w") as f:
+    with atomic_write(os.path.join(out, TOKENIZER_FILE), "w") as f:
         f.write(tokenizer.to_json())
     state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(), "tokenizer": tokenizer.to_json(),
              "args": dict(vars(args)), "model_sha256": _weights_hash(out)}
@@ -203,21 +214,39 @@ def save_checkpoint(out, model, optimizer, tokenizer, step, args):
     args.saved_step = step  # for the message if the run is interrupted
 
 
+def read_checkpoint(out):
+    """train_state.pt of the checkpoint in out, checked to be whole and to belong with model/ beside it;
+    a missing, damaged or mismatched file is a MiniPeftError naming it."""
+    path, weights = os.path.join(out, STATE_FILE), os.path.join(out, WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        raise MiniPeftError(f"{path} is missing: {out} holds an incomplete checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MiniPeftError(f"{path}: not a readable training state, the file is damaged ({type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise MiniPeftError(f"{path}: not a train_char.py training state (not a dict)")
+    missing = {"step", "optimizer", "rng", "tokenizer", "args", "model_sha256"} - state.keys()
+    if missing:
+        raise MiniPeftError(f"{path}: not a train_char.py training state (it lacks {sorted(missing)})")
+    if not isinstance(state["args"], dict) or type(state["step"]) is not int:
+        raise MiniPeftError(f"{path}: not a train_char.py training state (its 'args' or 'step' is damaged)")
+    if not os.path.isfile(weights):
+        raise MiniPeftError(f"{weights} is missing: {out} holds an incomplete checkpoint")
+    if state["model_sha256"] != _weights_hash(out):
+        raise MiniPeftError(f"{weights} is not the file {STATE_FILE} was saved with: the weights are damaged, or they and "
+                            "the state are from different steps (a save was interrupted)")
+    return state
+
+
 def load_checkpoint(out, args):
     """(model, optimizer, tokenizer, step) from --out, with the RNG restored as it was when saved."""
     path = os.path.join(out, STATE_FILE)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise MiniPeftError(f"{path}: not a readable training state ({type(e).__name__}); start again without --resume") from None
-    if not isinstance(state, dict):
-        raise MiniPeftError(f"{path}: not a train_char.py training state (not a dict); start again without --resume")
-    missing = {"step", "optimizer", "rng", "tokenizer", "args", "model_sha256"} - state.keys()
-    if missing:
-        raise MiniPeftError(f"{path}: not a train_char.py training state (it lacks {sorted(missing)}); start again without --resume")
-    if state["model_sha256"] != _weights_hash(out):
-        raise MiniPeftError(f"{out}: {MODEL_DIR}/ and {STATE_FILE} are from different steps (a save was interrupted); "
-                            "start again without --resume")
+        state = read_checkpoint(out)
+    except MiniPeftError as e:
+        raise MiniPeftError(f"{e}; it cannot be resumed: --retrain (without --resume) pretrains again and replaces it, "
+                            "or pass another --out") from None
     model = load_saved_model(os.path.join(out, MODEL_DIR), args).train()
     optimizer = pretrain_optimizer(model, args)
     try:
@@ -225,15 +254,23 @@ def load_checkpoint(out, args):
     except (ValueError, KeyError) as e:
         raise MiniPeftError(f"{path}: the optimizer state does not fit the model ({e})") from None
     restore_rng(state["rng"], path)
-    changed = [f"--{k.replace('_', '-')}" for k in ("data", "batch_size", "block_size", "lr", "warmup", "seed", "steps")
-               if state["args"].get(k) != getattr(args, k)]
+    changed = changed_args(state, args)
     if changed:
         tqdm.write(f"note: {', '.join(changed)} differ from the checkpoint's run; the result will differ from a straight run")
-    return model, optimizer, CharTokenizer.from_json(state["tokenizer"]), state["step"]
+    try:
+        tokenizer = CharTokenizer.from_json(state["tokenizer"])
+    except MiniPeftError as e:
+        raise MiniPeftError(f"{path}: {e}") from None
+    return model, optimizer, tokenizer, state["step"]
+
+
+def changed_args(state, args):
+    """The flags (of RUN_ARGS) whose values differ from those the checkpoint was trained with."""
+    return [f"--{k.replace('_', '-')}" for k in RUN_ARGS if state["args"].get(k) != getattr(args, k)]
 
 
 def _weights_hash(out):
-    with open(os.path.join(out, MODEL_DIR, "model.safetensors"), "rb") as f:
+    with open(os.path.join(out, WEIGHTS_FILE), "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 
 
@@ -275,25 +312,44 @@ def train(model, optimizer, tokenizer, train_data, val_data, args, start_step=0)
     return train_loss, val_loss
 
 
-def finished_checkpoint(args):
-    """True when --out holds a complete checkpoint at --steps or later (then pretraining is skipped)."""
-    path = os.path.join(args.out, STATE_FILE)
-    if args.retrain or args.resume or not os.path.isfile(path):
-        return False
+def reusable_checkpoint(args):
+    """The tokenizer of the checkpoint in --out when it is a finished one of --steps steps (then
+    pretraining is skipped); None when --out holds no checkpoint. Any other checkpoint is refused
+    with a MiniPeftError saying what was found and the ways on, so nothing is replaced unasked."""
+    if not any(os.path.exists(os.path.join(args.out, f)) for f in CHECKPOINT_FILES):
+        return None
+    keep = f"--retrain pretrains {args.steps} steps again and replaces it; another --out keeps it"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return state["step"] >= args.steps and state["model_sha256"] == _weights_hash(args.out)
-    except Exception:
-        return False
+        state = read_checkpoint(args.out)
+        tokenizer = CharTokenizer.load(os.path.join(args.out, TOKENIZER_FILE))
+    except MiniPeftError as e:
+        raise MiniPeftError(f"{e}. Nothing was changed: {keep}") from None
+    step, planned, arch = state["step"], state["args"].get("steps", state["step"]), state["args"].get("arch", "gpt")
+    if arch != args.arch:
+        raise MiniPeftError(f"{args.out} holds a checkpoint of --arch {arch}, this run asks for --arch {args.arch}: "
+                            f"pass --arch {arch} to use it; {keep}")
+    if step < planned:
+        raise MiniPeftError(f"{args.out} holds a checkpoint stopped at step {step} of {planned}: --resume continues it "
+                            f"to --steps {args.steps}; {keep}")
+    if step < args.steps:
+        raise MiniPeftError(f"{args.out} holds a finished checkpoint of {step} steps, fewer than --steps {args.steps}: "
+                            f"--resume continues it to {args.steps} (its learning-rate schedule was planned for {step}), "
+                            f"--steps {step} reuses it; {keep}")
+    if step > args.steps:
+        raise MiniPeftError(f"{args.out} holds a finished checkpoint of {step} steps, more than --steps {args.steps}: "
+                            f"--steps {step} reuses it; {keep}")
+    changed = [flag for flag in changed_args(state, args) if flag != "--steps"]
+    other = f"; it was pretrained with other {', '.join(changed)} than this run's" if changed else ""
+    print(f"reusing the pretrained model in {args.out} (finished at step {step}{other}; --retrain to train it again)")
+    return tokenizer
 
 
 def pretrain(args):
     """Train (or, with args.resume, continue training) the char model; returns (model, tokenizer).
-    A finished checkpoint in --out is reused as it is."""
-    if finished_checkpoint(args):
-        with open(os.path.join(args.out, "tokenizer.json"), encoding="utf-8") as f:
-            tokenizer = CharTokenizer.from_json(f.read())
-        print(f"reusing the pretrained model in {args.out} (--retrain to train it again)")
+    A finished checkpoint of --steps in --out is reused as it is; any other one is refused unless
+    args.resume or args.retrain (see reusable_checkpoint)."""
+    tokenizer = None if args.resume or args.retrain else reusable_checkpoint(args)
+    if tokenizer is not None:
         return load_saved_model(os.path.join(args.out, MODEL_DIR), args).eval(), tokenizer
     if args.resume:
         model, optimizer, tokenizer, step = load_checkpoint(args.out, args)
@@ -303,6 +359,8 @@ def pretrain(args):
         torch.manual_seed(args.seed)
         model = new_model(args, tokenizer.vocab_size).to(args.device)
         optimizer, step = pretrain_optimizer(model, args), 0
+        if args.retrain and any(os.path.exists(os.path.join(args.out, f)) for f in CHECKPOINT_FILES):
+            print(f"--retrain: pretraining from scratch; the checkpoint in {args.out} is replaced at the first save")
     print(f"{model.num_parameters():,} parameters, vocabulary {tokenizer.vocab_size}, "
           f"{len(train_data):,} training / {len(val_data):,} validation characters")
     if step >= (args.stop_at or args.steps):
@@ -384,12 +442,15 @@ def compare(args, tokenizer):
                         device=args.device, progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
         bar.close()
         row = {"method": method, "trainable": count_parameters(p for p in module.parameters() if p.requires_grad), "total": total,
-               "size": saved_size(module, method, os.path.join(args.out, "adapters")),
+               "size": saved_size(module, method, os.path.join(args.out, ADAPTERS_DIR)),
                "e2e_loss": ft.evaluate(module, e2e_val, codec, device=args.device),
                "accuracy": ft.accuracy(module, sent_val, codec, labels, device=args.device), "seconds": timer.seconds}
         rows.append(row)
         print(f"  {method:7s} after: {complete(module, codec, example[0])}")
     print_table(rows)
+    print(f"\nadapters saved in {os.path.join(args.out, ADAPTERS_DIR)}{os.sep}: "
+          + ", ".join(f"{r['method']}.safetensors" if r["method"] != "full" else "full/ (the whole model)"
+                      for r in rows if r["size"]))
     return rows
 
 
@@ -402,17 +463,30 @@ def print_table(rows):
               f"{r['e2e_loss']:.3f} | {100 * r['accuracy']:.1f}% | {r['seconds']:.0f} s |")
 
 
+def print_checkpoint(args):
+    """Where this run's checkpoint was written."""
+    print("saved:\n" + "\n".join(f"  {what:16s} {os.path.join(args.out, name)}" for what, name in (
+        ("model", MODEL_DIR + os.sep + " (config.json + model.safetensors)"), ("tokenizer", TOKENIZER_FILE),
+        ("training state", STATE_FILE))))
+
+
 def main(argv=None):
     parser = build_parser()
     args = check_args(parser, parser.parse_args(argv))
     try:
         model, tokenizer = pretrain(args)
-        args.pretrained = True  # an interrupt from here on leaves a finished checkpoint
+        stopped = getattr(args, "saved_step", args.steps) < args.steps  # --stop-at: the checkpoint is not finished
+        args.pretrained = not stopped  # an interrupt from here on leaves a finished checkpoint
+        if getattr(args, "saved_step", None) is not None:
+            print_checkpoint(args)
         if args.sample_length:
             print(f"---- sample ({args.sample_length} characters, temperature {SAMPLE_TEMPERATURE}) ----")
             print(sample(model, tokenizer, args.prompt, args.sample_length, args.seed, args.block_size))
         if args.methods and not args.stop_at:
             compare(args, tokenizer)
+        if stopped:
+            print(f"stopped at step {args.saved_step} of {args.steps}; continue with the same command, "
+                  f"--resume in place of --stop-at {args.stop_at}")
     except MiniPeftError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except OSError as e:  # e.g. the disk is full

@@ -18,7 +18,9 @@ before and after training, with greedy samples for a few of their prompts.
 
 Written to --out: adapter.safetensors (or model/ for --method full; base/ too for --init tiny,
 so the adapter can be loaded back onto the same random model) and state.pt, every --save-every
-steps and at the end, for --resume. Each step's batch depends only on (--seed, step), so a run
+steps and at the end, for --resume; the paths are printed at the end. An --out that holds an
+earlier run is refused: --resume continues it, --overwrite replaces it (its files are removed once
+the new run has loaded its model and data), or pass another --out. Each step's batch depends only on (--seed, step), so a run
 that is stopped and resumed ends with the same weights as one that ran straight through.
 Ctrl-C finishes the current step, saves state.pt and exits; a second Ctrl-C stops at once.
 A non-finite loss or gradient stops the run with state.pt left at the last good save.
@@ -26,6 +28,7 @@ A non-finite loss or gradient stops the run with state.pt left at the last good 
 
 import argparse
 import os
+import shutil
 import sys
 
 import torch
@@ -38,12 +41,14 @@ from minipeft.finetune import n_targets
 from minipeft.textdata import collate, load_examples, pair_examples, split
 from minipeft.tasks import e2e
 from minipeft.tokenizer import gpt2_tokenizer
-from minipeft.train import CtrlC, check_run_args, load_training_state, make_optimizer, save_training_state, step_seed
+from minipeft.train import (CtrlC, check_run_args, make_optimizer, read_training_state, restore_training_state,
+                            save_training_state, step_seed)
 
 STATE_FILE = "state.pt"
 ADAPTER_FILE = "adapter.safetensors"
 MODEL_DIR = "model"    # --method full: the fine-tuned model
 BASE_DIR = "base"      # --init tiny: the random base model the adapter belongs to
+RUN_FILES = (STATE_FILE, ADAPTER_FILE, MODEL_DIR, BASE_DIR)  # what a run writes in --out
 DEFAULT_LR = {"full": 5e-5, "bitfit": 1e-3, "prefix": 5e-4, "prompt": 0.3}  # prompt: as in the paper
 VAL_FRACTION = 0.1
 SPLIT_SEED = 0         # the held-out split does not move with --seed, so runs stay comparable
@@ -87,6 +92,8 @@ def build_parser():
     t.add_argument("--out", default="runs/gpt2", help="folder for the adapter/model and state.pt")
     t.add_argument("--save-every", type=int, default=100, help="write state.pt every N steps (and at the end)")
     t.add_argument("--resume", action="store_true", help="continue from --out/state.pt up to --steps")
+    t.add_argument("--overwrite", action="store_true", help="replace the earlier run in --out (without it, such an "
+                   "--out is refused)")
     t.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="end this run after STEP steps with state.pt, as if interrupted; --resume continues")
     e = p.add_argument_group("evaluation")
@@ -112,7 +119,13 @@ def check_args(parser, args):
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.max_length is not None and args.max_length < 2:
         parser.error(f"--max-length must be at least 2 (one token to read, one to predict), got {args.max_length}")
+    if args.resume and args.overwrite:
+        parser.error("give --resume (continue the run in --out) or --overwrite (replace it), not both")
     check_run_args(parser, args, STATE_FILE)
+    earlier = earlier_run(args.out)
+    if earlier and not (args.resume or args.overwrite):
+        parser.error(f"--out {args.out} already holds a run ({', '.join(earlier)}): continue it with --resume, "
+                     "write this run to another --out, or pass --overwrite to replace it")
     args.lr = args.lr or DEFAULT_LR[args.method]
     args.warmup = args.steps // 20 if args.warmup is None else args.warmup
     return args
@@ -242,8 +255,27 @@ def report(module, tokenizer, val_set, args, when):
 
 # ---- checkpoints ------------------------------------------------------------------------------------
 
+def earlier_run(out):
+    """The files of an earlier run in the folder out (those this script writes); [] when none."""
+    return [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
+
+
+def remove_earlier_run(args):
+    """--overwrite: remove the earlier run's files from --out (only those this script writes)."""
+    earlier = earlier_run(args.out)
+    for name in earlier:
+        path = os.path.join(args.out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    if earlier:
+        print(f"--overwrite: removed the earlier run from {args.out} ({', '.join(earlier)})")
+
+
 RUN_ARGS = ("method", "terms", "n_prefix", "no_reparam", "hidden", "n_prompt", "prompt_init", "data", "n_examples",
             "max_length", "steps", "batch_size", "lr", "warmup", "seed")
+SHAPE_ARGS = ("terms", "n_prefix", "no_reparam", "hidden", "n_prompt")  # they decide which tensors a method trains
 
 
 def save_state(module, optimizer, step, base, args):
@@ -255,25 +287,48 @@ def save_state(module, optimizer, step, base, args):
 def resume(module, optimizer, base, args):
     """Restore state.pt into module and optimizer; returns the step it had reached."""
     path = os.path.join(args.out, STATE_FILE)
-    saved = load_training_state(path, module, optimizer)
+    try:
+        saved = read_training_state(path)
+    except MiniPeftError as e:
+        raise MiniPeftError(f"{e}; it cannot be resumed: start a new run with --overwrite (replacing it) or another --out") from None
     if not same_base(saved.get("base"), base):
         raise MiniPeftError(f"{path} was trained on another base model than {args.model or '--init tiny'}; "
                             "pass the same --model (and --seed for --init tiny)")
-    changed = [f"--{k.replace('_', '-')}" for k in RUN_ARGS if saved.get("args", {}).get(k) != getattr(args, k)]
+    saved_args = saved["args"] if isinstance(saved.get("args"), dict) else {}  # none in a state from elsewhere
+    if saved_args.get("method", args.method) != args.method:
+        raise MiniPeftError(f"{path} is a --method {saved_args['method']} run, this one asks for --method {args.method}: "
+                            f"resume it with --method {saved_args['method']}, or train {args.method} in another --out "
+                            "(or replace the run with --overwrite)")
+    try:
+        restore_training_state(saved, path, module, optimizer)
+    except MiniPeftError as e:
+        shaped = [f"--{k.replace('_', '-')} {saved_args[k]} (this run: {getattr(args, k)})"
+                  for k in SHAPE_ARGS if k in saved_args and saved_args[k] != getattr(args, k)]
+        if shaped:
+            raise MiniPeftError(f"{e}; it was saved with {', '.join(shaped)}: pass the saved values to resume it") from None
+        raise
+    changed = [f"--{k.replace('_', '-')}" for k in RUN_ARGS if saved_args.get(k) != getattr(args, k)]
     if changed:
         tqdm.write(f"note: {', '.join(changed)} differ from the saved run's; the result will differ from a straight run")
     return saved["step"]
 
 
 def save_result(module, args):
-    """The trained adapter (or model) in --out; with --init tiny also the random base it belongs to."""
-    if isinstance(module, Adapter):
-        module.save(os.path.join(args.out, ADAPTER_FILE))
-        if args.init == "tiny":
-            module.model.save_pretrained(os.path.join(args.out, BASE_DIR))
-        return os.path.join(args.out, ADAPTER_FILE)
-    module.save_pretrained(os.path.join(args.out, MODEL_DIR))
-    return os.path.join(args.out, MODEL_DIR)
+    """The trained adapter (or model) in --out; with --init tiny also the random base it belongs to.
+    Returns [(what, path)] of what was written."""
+    if not isinstance(module, Adapter):
+        module.save_pretrained(os.path.join(args.out, MODEL_DIR))
+        return [("fine-tuned model", os.path.join(args.out, MODEL_DIR) + os.sep)]
+    module.save(os.path.join(args.out, ADAPTER_FILE))
+    saved = [("adapter", os.path.join(args.out, ADAPTER_FILE))]
+    if args.init == "tiny":
+        module.model.save_pretrained(os.path.join(args.out, BASE_DIR))
+        saved.append(("its base model", os.path.join(args.out, BASE_DIR) + os.sep + " (the random --init tiny model)"))
+    return saved
+
+
+def print_saved(saved):
+    print("saved:\n" + "\n".join(f"  {what:16s} {path}" for what, path in saved))
 
 
 # ---- training ---------------------------------------------------------------------------------------
@@ -320,6 +375,8 @@ def run(args):
     module = build_method(model, tokenizer, args)
     optimizer = make_optimizer(module, args.lr)
     start = resume(module, optimizer, base, args) if args.resume else 0
+    if args.overwrite:
+        remove_earlier_run(args)
     what = module.report() if isinstance(module, Adapter) else f"trainable {model.num_parameters():,} (all)"
     print(f"{args.method}: {what}; {len(train_set):,} training / {len(val_set):,} held-out examples, "
           f"max length {args.max_length}, lr {args.lr:g}")
@@ -329,10 +386,13 @@ def run(args):
     else:
         train(module, optimizer, train_set, start, base, args)
     report(module, tokenizer, val_set, args, "after")
+    state = ("training state", os.path.join(args.out, STATE_FILE))
     if (args.stop_at or args.steps) < args.steps:
-        print(f"stopped at step {args.stop_at}; continue with --resume --out {args.out}")
+        print_saved([state])
+        print(f"stopped at step {args.stop_at} of {args.steps}; continue with the same command, "
+              f"--resume in place of --stop-at {args.stop_at}")
     else:
-        print(f"saved {save_result(module, args)}")
+        print_saved(save_result(module, args) + [state])
 
 
 def main(argv=None):

@@ -2,11 +2,14 @@
 
     python train_char.py                    # once: pretrains runs/char (a few minutes)
     python -m minipeft.experiments          # ~30-40 minutes on 2 CPU cores; --quick for a smoke run
+    python -m minipeft.experiments --out results --overwrite   # regenerate the repository's results/
 
 Task: a mixture of the generated table-to-text (E2E-style) and sentiment data, so one fine-tune
 gives both a generation loss (E2E validation) and a classification accuracy (label words
 "positive"/"negative"). Each setting runs with several seeds; the report gives mean ± std.
-Writes results.md, results.json and PNG plots (with matplotlib: pip install 'minipeft[plot]').
+Writes results.md, results.json and PNG plots (with matplotlib: pip install 'minipeft[plot]') to
+--out, runs/experiments by default, after every setting. An --out that already holds results is
+refused unless --overwrite, which removes them when the first new setting is saved.
 """
 
 import argparse
@@ -25,6 +28,8 @@ from .gpt import GPT
 from .layers import bias_slots
 from .tasks import SENTIMENT_LABELS
 from .tokenizer import CharTokenizer
+
+RESULT_FILES = ("results.json", "results.md", "loss_curves.png", "prompt_length.png", "training_size.png")
 
 
 def run(backbone, codec, method, *, seed, steps, lr, n_train=1000, n_val=300, **options):
@@ -88,7 +93,10 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=3, help="seeds per setting (default: %(default)s)")
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps per run (default: %(default)s)")
     p.add_argument("--only", default=None, help="comma-separated experiments to run (default: all)")
-    p.add_argument("--out", default="results", help="folder for results.md, results.json and plots (default: %(default)s)")
+    p.add_argument("--out", default="runs/experiments", help="folder for results.md, results.json and plots (default: "
+                   "%(default)s; the repository's results/ are regenerated with --out results --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results already in --out (without it, such an "
+                   "--out is refused)")
     p.add_argument("--eval-examples", type=int, default=300, help="validation examples per task (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 seed, 3 steps, 20 validation examples")
     args = p.parse_args(argv)
@@ -99,12 +107,17 @@ def main(argv=None):
     unknown = [x for x in (args.only or "").split(",") if x and x not in known]
     if unknown:
         p.error(f"--only: unknown experiment {', '.join(unknown)}; choose from {', '.join(known)}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out} is a file; give a folder")
+    earlier = earlier_results(args.out)
+    if earlier and not args.overwrite:
+        p.error(f"--out {args.out} already holds results ({', '.join(earlier)}): write these to another --out, "
+                "or pass --overwrite to replace them")
     try:
         tokenizer_path = os.path.join(args.backbone, "tokenizer.json")
         if not os.path.isfile(tokenizer_path):
             raise MiniPeftError(f"no backbone in {args.backbone}: run `python train_char.py` first (or pass --backbone)")
-        with open(tokenizer_path, encoding="utf-8") as f:
-            codec = ft.Codec(CharTokenizer.from_json(f.read()), "gpt")
+        codec = ft.Codec(CharTokenizer.load(tokenizer_path), "gpt")
         seeds, steps, n_val = (1, 3, 20) if args.quick else (args.seeds, args.steps, args.eval_examples)
         chosen = {k: v for k, v in known.items() if not args.only or k in args.only.split(",")}
         results = {}
@@ -124,11 +137,26 @@ def main(argv=None):
                     runs.append(run(args.backbone, codec, method, seed=seed, steps=steps, lr=lr, n_train=n_train, n_val=n_val, **opts))
                 results[name].append({"label": label, "options": options, "runs": runs})
                 print(f"{name:16s} {label:36s} {_summary(runs)}", flush=True)
+                if earlier:  # --overwrite: the earlier results go once this run has something to put in their place
+                    remove_earlier_results(args.out)
+                    earlier = []
                 save(results, args.out)  # after every setting: a long run that is stopped keeps what it measured
     except MiniPeftError as e:
         p.exit(2, f"error: {e}\n")
-    plot(results, args.out)
-    print(f"wrote {args.out}/results.md")
+    plots = plot(results, args.out)
+    print(f"results written to {args.out}{os.sep}: " + ", ".join(["results.md", "results.json", *plots]))
+
+
+def earlier_results(out):
+    """The result files of an earlier run in the folder out (those this module writes); [] when none."""
+    return [f for f in RESULT_FILES if os.path.isfile(os.path.join(out, f))]
+
+
+def remove_earlier_results(out):
+    earlier = earlier_results(out)
+    for name in earlier:
+        os.remove(os.path.join(out, name))
+    print(f"--overwrite: removed the earlier results from {out} ({', '.join(earlier)})", flush=True)
 
 
 def save(results, out):
@@ -165,13 +193,15 @@ def report(results):
 
 
 def plot(results, out):
+    """The PNG plots of what results hold, written to out; returns their file names."""
+    written = []
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: no plots (pip install 'minipeft[plot]')")
-        return
+        return written
     # loss curves per method: the BitFit comparison (full, frozen, BitFit variants), else one row per experiment
     rows = results["bitfit"] if "bitfit" in results else [r for name in results for r in results[name][:1]]
     if rows:
@@ -183,6 +213,7 @@ def plot(results, out):
         ax.set(xlabel="step", ylabel="training loss", title="Loss curves (seed 0)")
         ax.legend(fontsize=7)
         _save_png(fig, os.path.join(out, "loss_curves.png"))
+        written.append("loss_curves.png")
     if "prompt_length" in results:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         xs = [row["options"]["n_prompt"] for row in results["prompt_length"]]
@@ -190,6 +221,7 @@ def plot(results, out):
         ax.plot(xs, ys, "o-")
         ax.set(xscale="log", xlabel="prompt length", ylabel="sentiment accuracy", title="Prompt tuning: accuracy vs length")
         _save_png(fig, os.path.join(out, "prompt_length.png"))
+        written.append("prompt_length.png")
     if "bitfit_size" in results:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for method in ("bitfit", "full"):
@@ -198,6 +230,8 @@ def plot(results, out):
         ax.set(xscale="log", xlabel="training examples per task", ylabel="sentiment accuracy", title="Accuracy vs training-set size")
         ax.legend()
         _save_png(fig, os.path.join(out, "training_size.png"))
+        written.append("training_size.png")
+    return written
 
 
 def _save_png(fig, path):

@@ -76,6 +76,8 @@ def read_text(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise MiniPeftError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise MiniPeftError(f"{path}: a folder, not a file; give the text file itself")
     if not os.path.isfile(path):
         raise MiniPeftError(f"{path}: not a file")
     try:
@@ -186,6 +188,8 @@ def load_examples(path, tokenizer, max_length, *, truncate=True, add_eot=True, w
     """Examples from a .txt (plain language modelling) or .jsonl (prompt/completion) file."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        raise MiniPeftError(f"{path}: a folder, not a file; give a .txt or .jsonl file")
     if ext not in FORMATS:
         if not os.path.exists(path):
             raise MiniPeftError(f"{path}: no such file")

@@ -80,8 +80,36 @@ class CharTokenizer:
 
     @classmethod
     def from_json(cls, s):
-        d = json.loads(s)
+        """The tokenizer that to_json() wrote; anything else is a MiniPeftError saying what is wrong."""
+        expected = 'expected {"chars": "<the alphabet>", "unk": "<one character>"}'
+        try:
+            d = json.loads(s)
+        except (TypeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+            raise MiniPeftError(f"not a character tokenizer: not valid JSON ({e}); {expected}") from None
+        if not isinstance(d, dict):
+            raise MiniPeftError(f"not a character tokenizer: a JSON {type(d).__name__}; {expected}")
+        missing = [k for k in ("chars", "unk") if k not in d]
+        if missing:
+            raise MiniPeftError(f"not a character tokenizer: it lacks {', '.join(map(repr, missing))}; {expected}")
+        if not isinstance(d["chars"], str) or not isinstance(d["unk"], str) or len(d["unk"]) != 1:
+            raise MiniPeftError(f"not a character tokenizer: chars {type(d['chars']).__name__}, unk {d['unk']!r}; {expected}")
         return cls(d["chars"], d["unk"])
+
+    @classmethod
+    def load(cls, path):
+        """The tokenizer in a JSON file (train_char.py's tokenizer.json), or a MiniPeftError naming the file."""
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise MiniPeftError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise MiniPeftError(f"{path}: cannot read it ({e})") from None
+        try:
+            return cls.from_json(text)
+        except MiniPeftError as e:
+            raise MiniPeftError(f"{path}: {e}") from None
 
 
 class T5Tokenizer:

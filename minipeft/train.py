@@ -6,6 +6,7 @@ model (full fine-tuning). Writes are atomic: a crash mid-save leaves the previou
 """
 
 import os
+import re
 import signal
 
 import torch
@@ -86,14 +87,14 @@ def save_training_state(path, module, optimizer, step, **extra):
                     "rng": rng_state(), **extra}, f)
 
 
-def load_training_state(path, module, optimizer):
-    """Restore what save_training_state wrote; returns the whole saved dict (with "step").
-    The keys, names and shapes are checked first, and the module is written last: a state whose
-    optimizer or RNG entry does not fit leaves the module's tensors as they were."""
+def read_training_state(path):
+    """The dict save_training_state wrote to path, its keys checked; nothing is restored yet
+    (a caller can check what the state says, e.g. the run's arguments, before restore_training_state)."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise MiniPeftError(f"{path}: not a readable training state ({type(e).__name__}: {str(e)[:200]})") from None
+        raise MiniPeftError(f"{path}: not a readable training state: the file is damaged or was not written by "
+                            f"torch.save (torch.load: {type(e).__name__}: {_first_sentence(e)})") from None
     if not isinstance(saved, dict):
         raise MiniPeftError(f"{path}: not a training state (expected a dict, got {type(saved).__name__})")
     if "torch_rng" in saved:  # written before the CUDA states were saved too: the CPU state alone
@@ -102,9 +103,19 @@ def load_training_state(path, module, optimizer):
     if missing:
         raise MiniPeftError(f"{path}: training state lacks {sorted(missing)} (save_training_state writes "
                             "module, optimizer, step and rng)")
+    return saved
+
+
+def restore_training_state(saved, path, module, optimizer):
+    """Put what read_training_state(path) returned into module and optimizer, and the RNGs; returns saved.
+    The names and shapes are checked first, and the module is written last: a state whose
+    optimizer or RNG entry does not fit leaves the module's tensors as they were."""
     own = own_state(module)
-    if set(saved["module"]) != set(own) or any(saved["module"][k].shape != own[k].shape for k in own):
-        raise MiniPeftError(f"{path}: the saved training state does not match this model/adapter (names or shapes differ)")
+    if not isinstance(saved["module"], dict):
+        raise MiniPeftError(f"{path}: the training state's 'module' is not a dict of tensors")
+    mismatch = _mismatch(saved["module"], own)
+    if mismatch:
+        raise MiniPeftError(f"{path}: the saved training state does not match this model/adapter ({mismatch})")
     restore_rng(saved["rng"], path)
     try:
         optimizer.load_state_dict(saved["optimizer"])
@@ -112,6 +123,36 @@ def load_training_state(path, module, optimizer):
         raise MiniPeftError(f"{path}: the optimizer state does not fit this model/adapter ({e})") from None
     module.load_state_dict(saved["module"], strict=False)
     return saved
+
+
+def load_training_state(path, module, optimizer):
+    """Restore what save_training_state wrote; returns the whole saved dict (with "step").
+    Everything is checked before the module is written (see restore_training_state)."""
+    return restore_training_state(read_training_state(path), path, module, optimizer)
+
+
+def _mismatch(saved, own):
+    """What differs between the saved tensors and this module's, in words ("" when nothing)."""
+    lacks, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    shapes = [k for k in own if k in saved and getattr(saved[k], "shape", None) != own[k].shape]
+    parts = []
+    if lacks:
+        parts.append(f"{len(lacks)} tensor(s) of this one are not in the state, e.g. {lacks[0]}")
+    if extra:
+        parts.append(f"{len(extra)} saved tensor(s) are not in this one, e.g. {extra[0]}")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} differ in shape, e.g. {k}: saved {list(getattr(saved[k], 'shape', []))}, "
+                     f"here {list(own[k].shape)}")
+    return "; ".join(parts)
+
+
+def _first_sentence(error):
+    """The first sentence of an exception's message, without terminal colour codes (torch's are long)."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    end = text.find(". ")
+    return text[:end + 1] if end >= 0 else text
 
 
 class CtrlC:
@@ -149,6 +190,8 @@ def check_run_args(parser, args, state_file):
         parser.error(f"--stop-at must be between 1 and --steps ({args.steps}), got {args.stop_at}")
     if not 0 <= args.seed < 2**32:
         parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
+    if args.data is not None and os.path.isdir(args.data):
+        parser.error(f"--data {args.data} is a folder; give the data file itself")
     if args.data is not None and not os.path.isfile(args.data):
         parser.error(f"--data {args.data}: no such file")
     if os.path.exists(args.out) and not os.path.isdir(args.out):

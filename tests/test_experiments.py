@@ -36,6 +36,47 @@ def test_quick_run_writes_tables(backbone, tmp_path, capsys):
     assert results["bitfit"][1]["runs"][0]["trainable"] == 0  # frozen
 
 
+def test_the_default_out_is_not_the_committed_results(backbone, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["--backbone", str(backbone), "--quick", "--only", "prompt_ensemble"])
+    out = os.path.join("runs", "experiments")
+    assert set(json.loads((tmp_path / out / "results.json").read_text())) == {"prompt_ensemble"}
+    assert not (tmp_path / "results").exists()
+    assert capsys.readouterr().out.rstrip().endswith(f"results written to {out}{os.sep}: results.md, results.json, loss_curves.png")
+
+
+def test_an_out_holding_results_is_refused_unless_overwrite(backbone, tmp_path, capsys):
+    out = tmp_path / "results"
+    main(["--backbone", str(backbone), "--quick", "--only", "bitfit_size", "--out", str(out)])
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    assert sorted(before) == ["loss_curves.png", "results.json", "results.md", "training_size.png"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--backbone", str(backbone), "--quick", "--only", "prompt_ensemble", "--out", str(out)])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        f"error: --out {out} already holds results (results.json, results.md, loss_curves.png, training_size.png): "
+        "write these to another --out, or pass --overwrite to replace them"), errors
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+
+    main(["--backbone", str(backbone), "--quick", "--only", "prompt_ensemble", "--out", str(out), "--overwrite"])
+    assert (f"--overwrite: removed the earlier results from {out} (results.json, results.md, loss_curves.png, "
+            "training_size.png)") in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["loss_curves.png", "results.json", "results.md"]  # no stale training_size.png
+    assert set(json.loads((out / "results.json").read_text())) == {"prompt_ensemble"}
+
+
+def test_a_damaged_backbone_tokenizer_is_one_clear_line(backbone, tmp_path, capsys):
+    (backbone / "tokenizer.json").write_text('{"chars": "abc"}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--backbone", str(backbone), "--quick", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert errors == [f"error: {backbone / 'tokenizer.json'}: not a character tokenizer: it lacks 'unk'; expected "
+                      '{"chars": "<the alphabet>", "unk": "<one character>"}'], errors
+
+
 def test_random_subset_matches_the_paper_subset_size():
     model = GPT(GPTConfig.named("gpt2", n_layer=2))
     paper = sum(getattr(m, a).numel() for _, m, a, role in bias_slots(model) if role in ("query", "mlp_in"))

@@ -146,3 +146,12 @@ def test_split_is_fixed_and_disjoint():
     with pytest.raises(MiniPeftError, match="need at least 2"):
         split(examples[:1])
     assert isinstance(collate(val)[0], torch.Tensor)
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path, enc):
+    (tmp_path / "data.jsonl").mkdir()
+    for path in (tmp_path, tmp_path / "data.jsonl"):  # without an extension, and with a data extension
+        with pytest.raises(MiniPeftError, match=f"{path}: a folder, not a file; give a .txt or .jsonl file"):
+            load_examples(path, enc, 32)
+    with pytest.raises(MiniPeftError, match=f"{tmp_path}: a folder, not a file"):
+        read_text(tmp_path)

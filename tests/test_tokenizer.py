@@ -73,3 +73,26 @@ def test_char_tokenizer_round_trip_and_unknowns():
     assert tok.decode(tok.encode("hex")) == "he\ufffd"  # x is unknown
     again = CharTokenizer.from_json(tok.to_json())
     assert again.chars == tok.chars and again.vocab_size == len(set("hello world")) + 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"chars": "abc"', "not valid JSON"),
+    ('{"chars": "abc"}', "it lacks 'unk'"),
+    ('["abc"]', "a JSON list"),
+    ('{"chars": ["a", "b"], "unk": "?"}', "chars list"),
+    ('{"chars": "abc", "unk": "??"}', "unk '\\?\\?'"),
+])
+def test_a_damaged_char_tokenizer_file_is_named(tmp_path, text, message):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(text)
+    with pytest.raises(MiniPeftError, match=f"{path}: not a character tokenizer: .*{message}.*; expected "
+                                            '{"chars": "<the alphabet>", "unk": "<one character>"}'):
+        CharTokenizer.load(path)
+    with pytest.raises(MiniPeftError, match="no such file"):
+        CharTokenizer.load(tmp_path / "missing.json")
+
+
+def test_char_tokenizer_loads_what_it_saved(tmp_path):
+    tok = CharTokenizer.from_text("hello world")
+    (tmp_path / "tokenizer.json").write_text(tok.to_json())
+    assert CharTokenizer.load(tmp_path / "tokenizer.json").chars == tok.chars

@@ -140,3 +140,28 @@ def test_rng_state_restores_the_random_stream():
 def test_step_seed_keeps_the_batch_order_of_earlier_runs():
     """Runs made before step_seed existed seeded step k's batch with seed * 1_000_003 + k."""
     assert [step_seed(1337, k) for k in (0, 1, 250)] == [1337 * 1_000_003, 1337 * 1_000_003 + 1, 1337 * 1_000_003 + 250]
+
+
+def test_a_damaged_state_is_refused_with_torch_s_reason_as_a_whole_sentence(tmp_path):
+    module = MAKERS["prefix-mlp"](tiny_gpt())
+    save_training_state(tmp_path / "state.pt", module, make_optimizer(module, 1e-2), step=3)
+    whole = (tmp_path / "state.pt").read_bytes()
+    (tmp_path / "state.pt").write_bytes(whole[:100])  # cut short: torch.load's reason is a long RuntimeError
+    with pytest.raises(MiniPeftError) as e:
+        load_training_state(tmp_path / "state.pt", module, make_optimizer(module, 1e-2))
+    # torch's message runs over 300 characters; the first sentence of it is kept whole, the rest dropped
+    assert re.fullmatch(re.escape(f"{tmp_path / 'state.pt'}: not a readable training state: the file is damaged or was "
+                                  "not written by torch.save (torch.load: RuntimeError: ") + r"[^.()]+\.\)", str(e.value)), str(e.value)
+
+
+def test_a_state_of_another_adapter_names_what_differs(tmp_path):
+    a = PrefixTuning(tiny_gpt(), 3, hidden=16)
+    save_training_state(tmp_path / "state.pt", a, make_optimizer(a, 1e-2), step=1)
+    b = PrefixTuning(tiny_gpt(), 4, hidden=16)  # 4 slots: the prefix parameter is longer
+    with pytest.raises(MiniPeftError, match=r"does not match this model/adapter \(1 differ in shape, e\.g\. \S+: "
+                                            r"saved \[3, \d+\], here \[4, \d+\]\)"):
+        load_training_state(tmp_path / "state.pt", b, make_optimizer(b, 1e-2))
+    c = PromptTuning(tiny_gpt(), 3)
+    with pytest.raises(MiniPeftError, match=r"tensor\(s\) of this one are not in the state, e\.g\. .*saved tensor\(s\) are "
+                                            r"not in this one, e\.g\. "):
+        load_training_state(tmp_path / "state.pt", c, make_optimizer(c, 1e-2))

@@ -149,6 +149,8 @@ def bad_argument_cases(tmp_path):
     (tmp_path / "a_file").write_text("x")
     cases = [
         (["--data", str(tmp_path / "missing.txt")], "no such file"),
+        (["--data", str(tmp_path)], "is a folder; give the data file itself"),
+        (["--resume", "--retrain"], "give --resume (continue the checkpoint in --out) or --retrain (replace it), not both"),
         (["--steps", "0"], "--steps must be a positive integer"),
         (["--steps", "-3"], "--steps must be a positive integer"),
         (["--batch-size", "0"], "--batch-size must be a positive integer"),
@@ -233,7 +235,128 @@ def test_fine_tunes_every_method_and_prints_one_table(tmp_path, text_file, arch)
         assert f"| {method} |" in table
         assert f"{method:7s} after:" in r.stdout
     assert "before:" in r.stdout
+    assert (f"adapters saved in {out / 'adapters'}{os.sep}: full/ (the whole model), bitfit.safetensors, "
+            "prefix.safetensors, prompt.safetensors") in r.stdout
     for name in ("bitfit.safetensors", "prefix.safetensors", "prompt.safetensors", "full/model.safetensors"):
         assert (out / "adapters" / name).is_file(), name
     again = run("--data", text_file, "--steps", "2", "--out", str(out), "--arch", arch, *TINY)  # a finished checkpoint is reused
     assert again.returncode == 0 and "reusing the pretrained model" in again.stdout
+
+
+# ---- what is already in --out: reused, refused or replaced, never lost unasked ---------------------
+
+FAST = ["--eval-every", "2", *TINY, "--sample-length", "0"]
+
+
+def checkpoint_files(out):
+    """{relative path: bytes} of every file under out."""
+    return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(out) for f in files}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-step checkpoint and its arguments (copy it before changing it)."""
+    tmp = tmp_path_factory.mktemp("finished")
+    (tmp / "text.txt").write_text(TEXT, encoding="utf-8")
+    argv = ["--data", str(tmp / "text.txt"), "--steps", "2", *FAST]
+    assert exit_status(load_script().main, *argv, "--out", tmp / "run") == 0
+    return tmp / "run", argv
+
+
+def copy_of(finished, tmp_path):
+    shutil.copytree(finished[0], tmp_path / "run")
+    return tmp_path / "run"
+
+
+def refusal(argv, capsys):
+    """The one error line of a run that must be refused (status 2)."""
+    capsys.readouterr()
+    assert exit_status(load_script().main, *argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+@pytest.mark.parametrize("damage, named, problem", [
+    (lambda out: (out / "model" / "model.safetensors").write_bytes(b"\0" * 100), "model/model.safetensors",
+     " is not the file train_state.pt was saved with: the weights are damaged, or they and the state are from different steps"),
+    (lambda out: (out / "train_state.pt").write_bytes(b"not a torch file"), "train_state.pt",
+     ": not a readable training state, the file is damaged"),
+    (lambda out: (out / "train_state.pt").unlink(), "train_state.pt", " is missing: "),
+    (lambda out: (out / "tokenizer.json").write_text('{"chars": "abc"}'), "tokenizer.json",
+     ": not a character tokenizer: it lacks 'unk'"),
+    (lambda out: (out / "tokenizer.json").write_text('{"chars": "ab'), "tokenizer.json",
+     ": not a character tokenizer: not valid JSON"),
+], ids=["weights", "state", "no-state", "tokenizer-key", "tokenizer-json"])
+@pytest.mark.usefixtures("one_thread")
+def test_a_damaged_checkpoint_is_named_and_kept(finished, tmp_path, capsys, damage, named, problem):
+    out = copy_of(finished, tmp_path)
+    damage(out)
+    before = checkpoint_files(out)
+    error = refusal([*finished[1], "--out", out], capsys)
+    assert f"error: {out / named}{problem}" in error, error
+    assert error.endswith(". Nothing was changed: --retrain pretrains 2 steps again and replaces it; another --out keeps it")
+    assert checkpoint_files(out) == before
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_finished_checkpoint_of_other_steps_is_refused_with_the_ways_on(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    before = checkpoint_files(out)
+    argv = [*finished[1], "--out", out]
+    keep = "--retrain pretrains {} steps again and replaces it; another --out keeps it"
+    assert refusal([*argv, "--steps", "3"], capsys).endswith(
+        f"error: {out} holds a finished checkpoint of 2 steps, fewer than --steps 3: --resume continues it to 3 (its "
+        "learning-rate schedule was planned for 2), --steps 2 reuses it; " + keep.format(3))
+    assert refusal([*argv, "--steps", "1"], capsys).endswith(
+        f"error: {out} holds a finished checkpoint of 2 steps, more than --steps 1: --steps 2 reuses it; " + keep.format(1))
+    assert refusal([*argv, "--arch", "t5"], capsys).endswith(
+        f"error: {out} holds a checkpoint of --arch gpt, this run asks for --arch t5: pass --arch gpt to use it; " + keep.format(2))
+    assert checkpoint_files(out) == before
+    assert exit_status(load_script().main, *argv, "--steps", "3", "--resume") == 0  # the way it named
+    assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 3
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_stopped_checkpoint_says_how_to_continue_and_is_not_restarted(tmp_path, text_file, capsys):
+    out = tmp_path / "run"
+    argv = ["--data", text_file, "--steps", "4", *FAST, "--out", out]
+    assert exit_status(load_script().main, *argv, "--stop-at", "2") == 0
+    printed = capsys.readouterr().out
+    for what, path in (("model", out / "model"), ("tokenizer", out / "tokenizer.json"), ("training state", out / "train_state.pt")):
+        assert f"\n  {what:16s} {path}" in printed, printed
+    assert printed.rstrip().endswith("stopped at step 2 of 4; continue with the same command, --resume in place of --stop-at 2")
+    before = checkpoint_files(out)
+    assert refusal(argv, capsys).endswith(
+        f"error: {out} holds a checkpoint stopped at step 2 of 4: --resume continues it to --steps 4; --retrain pretrains "
+        "4 steps again and replaces it; another --out keeps it")
+    assert checkpoint_files(out) == before
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_retrain_replaces_a_damaged_checkpoint_and_says_so(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    (out / "model" / "model.safetensors").write_bytes(b"\0" * 100)
+    capsys.readouterr()
+    assert exit_status(load_script().main, *finished[1], "--out", out, "--retrain") == 0
+    assert f"--retrain: pretraining from scratch; the checkpoint in {out} is replaced at the first save" in capsys.readouterr().out
+    assert load_weights(out).keys() == load_weights(finished[0]).keys()
+    assert load_script().read_checkpoint(out)["step"] == 2  # whole again: the weights match the state's hash
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_same_finished_checkpoint_is_reused_and_other_arguments_are_named(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    before = checkpoint_files(out)
+    capsys.readouterr()
+    assert exit_status(load_script().main, *finished[1], "--out", out, "--lr", "0.01") == 0
+    assert (f"reusing the pretrained model in {out} (finished at step 2; it was pretrained with other --lr than this "
+            "run's; --retrain to train it again)") in capsys.readouterr().out
+    assert checkpoint_files(out) == before
+
+
+def test_t5_resume_looks_in_the_t5_default_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    error = refusal(["--arch", "t5", "--resume"], capsys)
+    assert error.endswith(f"--resume: no checkpoint in runs/char-t5 (expected {os.path.join('runs', 'char-t5', 'train_state.pt')})")

@@ -111,11 +111,16 @@ def test_method_runs_end_to_end_and_its_result_loads_back(cli, method):
     tmp, runs = cli
     r = runs[method].result()
     assert r.returncode == 0, r.stderr
-    for line in ("eval loss before:", "sample before:", "eval loss after:", "sample after:", "saved "):
+    for line in ("eval loss before:", "sample before:", "eval loss after:", "sample after:", "saved:"):
         assert line in r.stdout, (line, r.stdout)
     assert "Traceback" not in r.stderr and "train " + method in r.stderr  # the progress bar
     out = tmp / method
     assert torch.load(out / "state.pt", weights_only=True)["step"] == 3
+    # the end of the output says where each file went
+    written = [("fine-tuned model", out / "model")] if METHODS[method] is None else [("adapter", out / "adapter.safetensors"),
+                                                                                    ("its base model", out / "base")]
+    for what, path in written + [("training state", out / "state.pt")]:
+        assert re.search(rf"^  {what} +{re.escape(str(path))}", r.stdout, re.M), (what, r.stdout)
     if METHODS[method] is None:  # full fine-tuning: a whole model in the Hugging Face layout
         module = GPT.from_pretrained(out / "model")
     else:  # an adapter, loaded onto the random base model the run saved beside it
@@ -171,7 +176,9 @@ def test_resume_equals_a_straight_run(tmp_path, capsys, method):
     assert main(*common, "--out", resumed, "--stop-at", "2") == 0
     assert torch.load(resumed / "state.pt", weights_only=True)["step"] == 2
     assert not (resumed / "adapter.safetensors").exists()
-    assert "continue with --resume" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"  training state   {resumed / 'state.pt'}" in out
+    assert "stopped at step 2 of 4; continue with the same command, --resume in place of --stop-at 2" in out
     assert main(*common, "--out", resumed, "--resume") == 0
     assert torch.load(resumed / "state.pt", weights_only=True)["step"] == 4
     assert_same_run(straight, resumed)
@@ -222,12 +229,65 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, capsys):
     (["--no-truncate", "--max-length", "8"], "longer than max_length 8"),
     (["--device", "nonsense"], "not a torch device"),
     (["--stop-at", "9"], "--stop-at must be between 1 and --steps"),
+    (["--data", ROOT], "is a folder; give the data file itself"),
+    (["--resume", "--overwrite"], "give --resume (continue the run in --out) or --overwrite (replace it), not both"),
 ])
 def test_bad_arguments(tmp_path, capsys, argv, message):
     assert main(*TINY, "--out", tmp_path / "out", *argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], errors
     assert not (tmp_path / "out" / "state.pt").exists()
+
+
+def files_of(out):
+    """{relative path: bytes} of every file under out."""
+    return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(out) for f in files}
+
+
+def test_an_out_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(*TINY, "--method", "full", "--out", out) == 0
+    before = files_of(out)
+    capsys.readouterr()
+    assert main(*TINY, "--method", "bitfit", "--steps", "2", "--out", out) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].endswith(f"error: --out {out} already holds a run (state.pt, model): continue it with --resume, "
+                      "write this run to another --out, or pass --overwrite to replace it"), errors
+    assert files_of(out) == before  # nothing written, nothing removed
+
+    assert main(*TINY, "--method", "bitfit", "--steps", "2", "--out", out, "--overwrite") == 0
+    assert f"--overwrite: removed the earlier run from {out} (state.pt, model)" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["adapter.safetensors", "base", "state.pt"]  # the full run's model/ went with it
+    saved = torch.load(out / "state.pt", weights_only=True)
+    assert (saved["step"], saved["args"]["method"]) == (2, "bitfit")
+
+
+def test_resume_with_another_method_names_both(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(*TINY, "--method", "prefix", "--out", out, "--stop-at", "2") == 0
+    before = files_of(out)
+    capsys.readouterr()
+    assert main(*TINY, "--method", "bitfit", "--out", out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert (f"error: {out / 'state.pt'} is a --method prefix run, this one asks for --method bitfit: resume it with "
+            "--method prefix, or train bitfit in another --out (or replace the run with --overwrite)") in err, err
+    assert main(*TINY, "--method", "prefix", "--n-prefix", "4", "--out", out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "differ in shape" in err and "it was saved with --n-prefix 3 (this run: 4): pass the saved values to resume it" in err
+    assert files_of(out) == before
+
+
+def test_a_damaged_state_cannot_be_resumed_and_the_message_says_what_to_do(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(*TINY, "--method", "bitfit", "--out", out, "--stop-at", "2") == 0
+    (out / "state.pt").write_bytes((out / "state.pt").read_bytes()[:100])
+    capsys.readouterr()
+    assert main(*TINY, "--method", "bitfit", "--out", out, "--resume") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "state.pt: not a readable training state: the file is damaged" in errors[0], errors
+    assert errors[0].endswith("failed finding central directory.); it cannot be resumed: start a new run with --overwrite "
+                              "(replacing it) or another --out"), errors
 
 
 def test_without_a_model_it_says_what_to_pass(tmp_path, capsys):
