@@ -13,7 +13,7 @@ found and the ways on: --resume continues it, --retrain pretrains again and repl
 another --out; nothing in --out is replaced without --retrain.
 Fine-tuning uses the generated tasks (minipeft.tasks): E2E-style table-to-text, scored by the
 validation loss of the sentence, and a label-word sentiment task, scored by accuracy, mixed in one
-training set. Each method's adapter is saved to --out/adapters/.
+training set. Each method's adapter is saved to --out/adapters/ (replacing, and saying so, an earlier run's).
 
 The model is minipeft's GPT-2 at the "char" size (4 layers, 4 heads, 128 wide, 256 positions).
 A checkpoint is written to --out at every evaluation: model/ (config.json + model.safetensors,
@@ -419,6 +419,12 @@ def saved_size(module, method, folder):
     return 0
 
 
+def earlier_adapters(folder, methods):
+    """The files in `folder` that fine-tuning `methods` would write again (an earlier run's)."""
+    names = [f"{m}.safetensors" if m != "full" else "full/" for m in methods if m != "frozen"]
+    return [n for n in names if os.path.exists(os.path.join(folder, n))]
+
+
 def compare(args, tokenizer):
     """Fine-tune the pretrained model with each method; print samples and one table."""
     codec = ft.Codec(tokenizer, args.arch)
@@ -429,6 +435,10 @@ def compare(args, tokenizer):
     model_dir = os.path.join(args.out, MODEL_DIR)
     print(f"\nfine-tuning on {len(train_set)} examples (table-to-text + sentiment), {args.ft_steps} steps per method")
     print(f"  example: {example[0]}\n  wanted:  {example[1].strip()}\n  before:  {complete(load_saved_model(model_dir, args), codec, example[0])}")
+    earlier = earlier_adapters(os.path.join(args.out, ADAPTERS_DIR), args.methods)
+    if earlier:
+        print(f"  {os.path.join(args.out, ADAPTERS_DIR)}{os.sep} holds an earlier run's {', '.join(earlier)}: "
+              "this run replaces them (another --out keeps them)")
     rows = []
     for method in args.methods:
         torch.manual_seed(args.seed)

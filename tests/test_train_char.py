@@ -241,6 +241,10 @@ def test_fine_tunes_every_method_and_prints_one_table(tmp_path, text_file, arch)
         assert (out / "adapters" / name).is_file(), name
     again = run("--data", text_file, "--steps", "2", "--out", str(out), "--arch", arch, *TINY)  # a finished checkpoint is reused
     assert again.returncode == 0 and "reusing the pretrained model" in again.stdout
+    if arch == "gpt":  # fine-tuning again into the same --out says which earlier adapters it replaces
+        again = run("--data", text_file, "--steps", "2", "--out", str(out), *TINY, *FINETUNE[2:], "--method", "bitfit,frozen")
+        assert again.returncode == 0, again.stderr
+        assert f"{out / 'adapters'}{os.sep} holds an earlier run's bitfit.safetensors: this run replaces them" in again.stdout
 
 
 # ---- what is already in --out: reused, refused or replaced, never lost unasked ---------------------
