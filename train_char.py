@@ -59,7 +59,7 @@ SAMPLE_TEMPERATURE = 0.8
 
 def build_parser():
     p = argparse.ArgumentParser(description="Train a character-level GPT (4 layers, 4 heads, 128 wide) from scratch. "
-                                "Defaults take about 3-4 minutes on 2 CPU cores.")
+                                "Defaults take about 4 minutes on 2 idle CPU cores, several times that on a busy machine.")
     p.add_argument("--data", help="UTF-8 text file to train on (default: the docstrings of Python's standard library)")
     p.add_argument("--steps", type=int, default=800, help="total optimizer steps; the LR schedule spans them all (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default: %(default)s)")
