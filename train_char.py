@@ -11,7 +11,7 @@ Pretraining is skipped when --out already holds a finished checkpoint of --steps
 checkpoint there (damaged, stopped early, of another --steps or --arch) is refused with what was
 found and the ways on: --resume continues it, --retrain pretrains again and replaces it, or pass
 another --out; nothing in --out is replaced without --retrain.
-Fine-tuning uses the generated tasks (minipeft.tasks): E2E-style table-to-text, scored by the
+Fine-tuning uses the generated tasks (minipeft.training.tasks): E2E-style table-to-text, scored by the
 validation loss of the sentence, and a label-word sentiment task, scored by accuracy, mixed in one
 training set. Each method's adapter is saved to --out/adapters/ (replacing, and saying so, an earlier run's).
 
@@ -35,14 +35,14 @@ import torch
 from tqdm import tqdm
 
 from minipeft import GPT, T5, GPTConfig, MiniPeftError, T5Config
-from minipeft import finetune as ft
-from minipeft.adapter import Adapter, count_parameters
-from minipeft.atomic import atomic_write
-from minipeft.corpus import default_corpus
-from minipeft.tasks import SENTIMENT_LABELS
-from minipeft.textdata import read_text
-from minipeft.tokenizer import CharTokenizer
-from minipeft.train import CtrlC, check_run_args, restore_rng, rng_state, step_seed
+from minipeft.training import finetune as ft
+from minipeft.methods.adapter import Adapter, count_parameters
+from minipeft.io.atomic import atomic_write
+from minipeft.training.corpus import default_corpus
+from minipeft.training.tasks import SENTIMENT_LABELS
+from minipeft.training.textdata import read_text
+from minipeft.io.tokenizer import CharTokenizer
+from minipeft.training.state import CtrlC, check_run_args, restore_rng, rng_state, step_seed
 
 STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
@@ -141,7 +141,7 @@ def get_batch(data, batch_size, block_size, generator):
 
 
 def step_generator(seed, step):
-    """The generator of a step's batch, seeded by minipeft.train.step_seed(seed, step)."""
+    """The generator of a step's batch, seeded by minipeft.training.state.step_seed(seed, step)."""
     return torch.Generator().manual_seed(step_seed(seed, step))
 
 
@@ -149,7 +149,7 @@ def step_generator(seed, step):
 
 def pretrain_optimizer(model, args):
     """AdamW for pretraining: weight decay 0.1 on matrices and embeddings only, not on biases and
-    norms (minipeft.train.make_optimizer, for fine-tuning, gives every parameter the same decay)."""
+    norms (minipeft.training.state.make_optimizer, for fine-tuning, gives every parameter the same decay)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]

@@ -11,7 +11,7 @@ pytorch_model.bin, as `huggingface-cli download gpt2 config.json model.safetenso
 writes it) or one .safetensors file; minipeft reads it itself. The tokenizer is the folder's
 vocab.json + merges.txt when it has them, else GPT-2's own, shipped with minipeft.
 
-Data: see minipeft/textdata.py (.txt: loss on every token; .jsonl: loss on the completion only;
+Data: see minipeft/training/textdata.py (.txt: loss on every token; .jsonl: loss on the completion only;
 <|endoftext|> in the text is plain text; long examples are truncated, or refused with
 --no-truncate). 10% of the examples (a fixed shuffle) are held out: their loss is reported
 before and after training, with greedy samples for a few of their prompts.
@@ -35,13 +35,13 @@ import torch
 from tqdm import tqdm
 
 from minipeft import GPT, BitFit, GPTConfig, MiniPeftError, PrefixTuning, PromptTuning
-from minipeft.adapter import Adapter, fingerprint, same_base
-from minipeft.bitfit import TERMS
-from minipeft.finetune import n_targets
-from minipeft.textdata import collate, load_examples, pair_examples, split
-from minipeft.tasks import e2e
-from minipeft.tokenizer import gpt2_tokenizer
-from minipeft.train import (CtrlC, check_run_args, make_optimizer, read_training_state, restore_training_state,
+from minipeft.methods.adapter import Adapter, fingerprint, same_base
+from minipeft.methods.bitfit import TERMS
+from minipeft.training.finetune import n_targets
+from minipeft.training.textdata import collate, load_examples, pair_examples, split
+from minipeft.training.tasks import e2e
+from minipeft.io.tokenizer import gpt2_tokenizer
+from minipeft.training.state import (CtrlC, check_run_args, make_optimizer, read_training_state, restore_training_state,
                             save_training_state, step_seed)
 
 STATE_FILE = "state.pt"

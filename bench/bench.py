@@ -29,7 +29,7 @@ so read ratios, not absolute times.
      of a large tensor copy (bytes read + written, as STREAM counts them). Targets: not slower
      than the reference (our choice), and within 80% of the bound.
   4. many tasks at once: 8 rows of 32 tokens, each from its own adapter, in one forward
-     (minipeft.bank.AdapterBank) against 8 forwards of batch 1, per method; and the same 8 rows
+     (minipeft.methods.bank.AdapterBank) against 8 forwards of batch 1, per method; and the same 8 rows
      continued by 16 greedy tokens in one bank.generate against 8 generate calls (decoding steps
      read every weight for one token per row: where a shared batch pays off most on a CPU).
      Prefix adapters are baked (bake(): the MLP is dropped), as they are when loaded from files.
@@ -60,9 +60,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import minipeft  # noqa: E402
-from minipeft.atomic import atomic_write  # noqa: E402
-from minipeft.bank import AdapterBank  # noqa: E402
-from minipeft.train import make_optimizer  # noqa: E402
+from minipeft.io.atomic import atomic_write  # noqa: E402
+from minipeft.methods.bank import AdapterBank  # noqa: E402
+from minipeft.training.state import make_optimizer  # noqa: E402
 
 METHODS = ("full", "bitfit", "prefix", "prompt")
 PEFT_METHODS = METHODS[1:]
@@ -99,7 +99,7 @@ def t5_config(size):
 def hf_gpt(size):
     """A randomly initialised transformers GPT2LMHeadModel with minipeft's config of that size."""
     transformers = _quiet_transformers()
-    from minipeft.gpt import config_to_hf
+    from minipeft.models.gpt import config_to_hf
     cfg = gpt_config(size)
     special = {} if cfg.vocab_size > 50256 else dict(bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(**config_to_hf(cfg), **special))
@@ -107,7 +107,7 @@ def hf_gpt(size):
 
 def hf_t5(size):
     transformers = _quiet_transformers()
-    from minipeft.t5 import config_to_hf
+    from minipeft.models.t5 import config_to_hf
     return transformers.T5ForConditionalGeneration(transformers.T5Config(**config_to_hf(t5_config(size))))
 
 
@@ -181,7 +181,7 @@ def copy_adapter(ref, ours, method):
 
 def ref_optimizer(module):
     """The reference's AdamW over its trainable parameters, with exactly the settings (fused or not,
-    betas, eps, weight decay) that minipeft.train.make_optimizer chooses."""
+    betas, eps, weight decay) that minipeft.training.state.make_optimizer chooses."""
     params = [p for p in module.parameters() if p.requires_grad]
     like = make_optimizer(torch.nn.Linear(1, 1).to(params[0].device), LR).defaults
     return torch.optim.AdamW(params, **{k: like[k] for k in ("lr", "betas", "eps", "weight_decay", "amsgrad", "foreach", "fused")})

@@ -20,14 +20,14 @@ import statistics
 
 import torch
 
-from . import finetune as ft
-from .adapter import count_parameters
-from .atomic import atomic_write
+from .training import finetune as ft
+from .methods.adapter import count_parameters
+from .io.atomic import atomic_write
 from .errors import MiniPeftError
-from .gpt import GPT
-from .layers import bias_slots
-from .tasks import SENTIMENT_LABELS
-from .tokenizer import CharTokenizer
+from .models.gpt import GPT
+from .models.layers import bias_slots
+from .training.tasks import SENTIMENT_LABELS
+from .io.tokenizer import CharTokenizer
 
 RESULT_FILES = ("results.json", "results.md", "loss_curves.png", "prompt_length.png", "training_size.png")
 

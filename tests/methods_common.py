@@ -6,7 +6,7 @@ import copy
 import torch
 
 from minipeft import GPT, GPTConfig
-from minipeft.train import make_optimizer
+from minipeft.training.state import make_optimizer
 
 GPT_TINY = dict(vocab_size=61, n_positions=64, n_embd=32, n_layer=2, n_head=4)
 

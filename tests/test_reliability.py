@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minipeft import GPT, GPTConfig, MiniPeftError, PromptTuning
-from minipeft import safetensors
+from minipeft.io import safetensors
 
 CFG = GPTConfig(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2)
 
@@ -148,7 +148,7 @@ def test_fuzzed_adapter_files_raise_only_minipeft_errors(tmp_path_factory, ops, 
 
 CHILD = """
 import sys, torch
-from minipeft import safetensors
+from minipeft.io import safetensors
 path = sys.argv[1]
 i = 0
 print("ready", flush=True)
@@ -175,7 +175,7 @@ def test_killed_saves_never_destroy_the_previous_file(tmp_path):
 
 UTF8_CHILD = """
 import sys
-from minipeft.atomic import atomic_write
+from minipeft.io.atomic import atomic_write
 with atomic_write(sys.argv[1], "w") as f:
     f.write("0.512 \\u00b1 0.003\\n")  # an escape: under the C locale this source must be ASCII
 """

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from minipeft import GPT, MiniPeftError
-from minipeft import safetensors
-from minipeft.corpus import default_corpus
-from minipeft.textdata import read_text as load_text
-from minipeft.tokenizer import CharTokenizer
+from minipeft.io import safetensors
+from minipeft.training.corpus import default_corpus
+from minipeft.training.textdata import read_text as load_text
+from minipeft.io.tokenizer import CharTokenizer
 from tests.methods_common import exit_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,8 @@ import sys
 import pytest
 import torch
 
-from minipeft import GPT, BitFit, PrefixTuning, PromptTuning, safetensors
+from minipeft import GPT, BitFit, PrefixTuning, PromptTuning
+from minipeft.io import safetensors
 from tests.methods_common import exit_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,165 @@
+"""Prompt Tuning (Lester et al., 2021): a trainable soft prompt [P, d_model] at the input layer only.
+
+The prompt is prepended to the token embeddings (for T5, the encoder's), through the model's
+prompt hook. Initialisations, as in the paper:
+  "random"  uniform in [-0.5, 0.5]
+  "vocab"   embeddings of tokens sampled from the 5,000 most frequent (token_counts gives the
+            frequencies; without it, the first 5,000 ids, which for GPT-2's byte-level BPE are
+            mostly short, frequent pieces)
+  "labels"  one slot per class: the mean embedding of that label's sub-tokens; the remaining
+            slots sampled as in "vocab" (the paper's best)
+  "text"    the embeddings of a text's tokens, repeated to fill P slots
+
+Ensembling: n_ensemble=K prompts for one task. The batch is repeated K times, each copy with its
+own prompt, so the frozen model runs once for all K; `classify` votes by majority.
+
+The prompt is fp32 whatever the model's dtype; it reaches a bf16/fp16 model cast to that dtype.
+"""
+
+import torch
+import torch.nn as nn
+
+from .adapter import Adapter, last_token_index, model_dtype
+from ..errors import MiniPeftError
+
+TOP_VOCAB = 5000
+
+
+def token_ids(name, ids, vocab_size):
+    """A text's token ids (a list of ints, a 1-D integer tensor, or one int) as a 1-D long tensor."""
+    try:
+        t = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is not None and t.numel() == 0:
+        raise MiniPeftError(f"{name} is empty; give the token ids of a text")
+    if t is None or t.dim() > 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        got = f"{t.dtype} tensor of shape {list(t.shape)}" if t is not None else repr(ids)[:100]
+        raise MiniPeftError(f"{name} must be token ids: a list of ints or a 1-D integer tensor; got {got}")
+    if bool((t < 0).any()) or bool((t >= vocab_size).any()):
+        raise MiniPeftError(f"{name} has ids outside the vocabulary [0, {vocab_size}): {t.tolist()[:10]}")
+    return t.long().reshape(-1)
+
+
+def init_prompt(embeddings, n_prompt, init="random", *, label_ids=None, text_ids=None, token_counts=None, generator=None):
+    """One prompt [P, d] from the input embedding matrix [V, d], in its dtype.
+
+    label_ids: one entry per class, each a list of ints or a 1-D tensor (a 1-D tensor of C ids is
+    C one-token labels); text_ids: a list of ints or a 1-D tensor."""
+    V, d = embeddings.shape
+    E = embeddings.detach()
+
+    def sample_vocab(n):
+        top = torch.argsort(token_counts, descending=True)[:TOP_VOCAB] if token_counts is not None else torch.arange(min(TOP_VOCAB, V))
+        pick = torch.randperm(len(top), generator=generator)[:n] if n <= len(top) else torch.randint(len(top), (n,), generator=generator)
+        return E[top[pick].to(E.device)]
+
+    if init == "random":
+        return (torch.rand(n_prompt, d, generator=generator) - 0.5).to(E)
+    if init == "vocab":
+        return sample_vocab(n_prompt).clone()
+    if init == "labels":
+        n_labels = 0 if label_ids is None else len(label_ids)
+        if not 1 <= n_labels <= n_prompt:
+            raise MiniPeftError(f"init='labels' needs between 1 and n_prompt={n_prompt} labels; got {n_labels}")
+        labels = torch.stack([E[token_ids(f"label_ids[{c}]", ids, V).to(E.device)].mean(0) for c, ids in enumerate(label_ids)])
+        return torch.cat([labels, sample_vocab(n_prompt - n_labels)]).clone()
+    if init == "text":
+        if text_ids is None:
+            raise MiniPeftError("init='text' needs text_ids, the token ids of the text")
+        ids = token_ids("text_ids", text_ids, V).to(E.device)
+        return E[ids.repeat(n_prompt // len(ids) + 1)[:n_prompt]].clone()
+    raise MiniPeftError(f"unknown prompt init {init!r}; choose 'random', 'vocab', 'labels' or 'text'")
+
+
+class PromptTuning(Adapter):
+    method = "prompt"
+
+    def __init__(self, model, n_prompt=20, init="random", *, n_ensemble=1, label_ids=None, text_ids=None,
+                 token_counts=None, seed=0):
+        super().__init__(model)
+        if n_prompt < 1 or n_ensemble < 1:
+            raise MiniPeftError(f"n_prompt and n_ensemble must be >= 1; got {n_prompt}, {n_ensemble}")
+        g = torch.Generator().manual_seed(seed)
+        E = model.input_embeddings().weight
+        self.prompt = nn.Parameter(torch.stack([
+            init_prompt(E, n_prompt, init, label_ids=label_ids, text_ids=text_ids, token_counts=token_counts, generator=g)
+            for _ in range(n_ensemble)]).float())                               # [K, P, d], fp32
+
+    @property
+    def n_ensemble(self):
+        return self.prompt.shape[0]
+
+    def settings(self):
+        return {"n_prompt": self.prompt.shape[1], "n_ensemble": self.n_ensemble}
+
+    def adapter_state(self):
+        return {"prompt": self.prompt}
+
+    def load_adapter_state(self, tensors, path):
+        self._load_named(tensors, {"prompt": self.prompt}, path)
+
+    def hooks(self, batch_size):
+        K, prompt = self.n_ensemble, self.prompt.to(model_dtype(self.model))  # in the model's dtype
+        if K == 1:
+            return {"prompt": prompt}                                      # [1, P, d], broadcast
+        return {"prompt": prompt.repeat_interleave(batch_size // K, 0)}   # rows are K copies of the batch
+
+    def _repeat(self, x, B):
+        return x.repeat(self.n_ensemble, *([1] * (x.dim() - 1))) if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == B else x
+
+    def forward(self, input_ids, *args, **kwargs):
+        """With K prompts, every [B, ...] argument is repeated K times: outputs are [K * B, ...],
+        copy k of the batch using prompt k (view them as [K, B, ...]). The loss is the mean over all."""
+        B = input_ids.shape[0]
+        args = [self._repeat(a, B) for a in args]
+        kwargs = {k: self._repeat(v, B) for k, v in kwargs.items()}
+        return super().forward(self._repeat(input_ids, B), *args, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids, *args, **kwargs):
+        if self.n_ensemble != 1:
+            raise MiniPeftError("generate with an ensemble of prompts: pick one with .member(k) first")
+        return super().generate(input_ids, *args, **kwargs)
+
+    def member(self, k):
+        """Prompt k of an ensemble as a single-prompt adapter (sharing the model)."""
+        if type(k) is not int or not 0 <= k < self.n_ensemble:
+            raise MiniPeftError(f"member k must be an int in [0, {self.n_ensemble}) (this ensemble has {self.n_ensemble} prompts); got {k!r}")
+        single = PromptTuning.__new__(PromptTuning)
+        Adapter.__init__(single, self.model)
+        single.prompt = nn.Parameter(self.prompt[k:k + 1].detach().clone())
+        return single
+
+    @torch.no_grad()
+    def classify(self, input_ids, attention_mask, label_token_ids):
+        """Class predictions from the next-token scores of each label's first token.
+
+        Returns (per_prompt [K, B], ensemble [B]): each prompt's argmax, and the majority vote
+        (ties go to the class with the higher mean probability across prompts).
+        """
+        scores = class_scores(self, input_ids, attention_mask, label_token_ids)  # [K * B, C]
+        K, B = self.n_ensemble, input_ids.shape[0]
+        probs = scores.softmax(-1).view(K, B, -1)
+        per_prompt = probs.argmax(-1)                                              # [K, B]
+        votes = nn.functional.one_hot(per_prompt, probs.shape[-1]).sum(0).float()  # [B, C]
+        return per_prompt, (votes + probs.mean(0) * 1e-3).argmax(-1)
+
+
+def class_scores(model, input_ids, attention_mask, label_token_ids, **forward_kwargs):
+    """Scores [B, C] of each class's first label token at the next position.
+
+    GPT: the logits after the last real token (left or right padding). T5: the first decoder step.
+    `model` is a model or an adapter wrapping one.
+    """
+    base = model.model if isinstance(model, Adapter) else model
+    labels = torch.as_tensor([ids[0] for ids in label_token_ids], device=input_ids.device)
+    if base.arch == "t5":
+        start = torch.zeros(input_ids.shape[0], 1, dtype=torch.long, device=input_ids.device)
+        logits = model(input_ids, start, attention_mask, **forward_kwargs)[:, 0]
+    else:
+        last = last_token_index(input_ids, attention_mask)                # [B], checked before the forward
+        logits = model(input_ids, attention_mask, **forward_kwargs)      # [B', T, V]
+        last = last.repeat(logits.shape[0] // len(last))                  # ensembles repeat the batch
+        logits = logits[torch.arange(logits.shape[0], device=last.device), last]
+    return logits[:, labels]

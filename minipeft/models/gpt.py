@@ -1,0 +1,488 @@
+"""GPT-2, from scratch, with the three PEFT hooks built in.
+
+Hooks (used by minipeft/methods/bitfit.py, prefix.py, prompt.py; never monkey-patched):
+  1. bias slots: every bias is its own parameter (query, key, value, attn_out, mlp_in, mlp_out, norm)
+  2. prefix:  forward(..., prefix=[(key, value)] * n_layer), each [B or 1, n_head, P, head_dim],
+             concatenated in front of that layer's keys/values inside attention
+             (generate writes it into the KV cache once instead: the same keys)
+  3. prompt:  forward(..., prompt=[B or 1, P, n_embd]) prepended to the token embeddings
+
+Positions (positions="real", the default) count real tokens only: with a prefix of P slots the
+first real token sits at position P (as in the prefix-tuning code and peft, which pass the prefix
+as past keys/values); a prompt takes positions 0..P-1; left padding takes no position, so a row of
+a padded batch gets the positions it has alone (those transformers' own GPT-2 generate gives it).
+positions="plain" counts every slot, padding included: position = index among [prefix; prompt;
+tokens], what transformers' forward gives without position_ids and hence what peft's forward
+computes. With no padding before a real token and no unused prompt/prefix slots they are the same.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..io import checkpoint, safetensors
+from ..io.checkpoint import Key
+from ..errors import MiniPeftError
+from .generation import check_decoding, decode
+from .layers import (IGNORE, KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, check_attention_mask, check_hook_tensor,
+                     check_ids, check_labels, check_positions, check_prefix, check_slot_mask, linear, linear_cross_entropy,
+                     merge_heads, split_heads)
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    n_positions: int = 1024      # context length
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None   # MLP width; None means 4 * n_embd
+    dropout: float = 0.0         # embedding, attention and residual dropout
+    layer_norm_eps: float = 1e-5
+    bias: bool = True            # start with bias slots present (GPT-2 has them)
+
+    @classmethod
+    def named(cls, name, **overrides):
+        if name not in SIZES:
+            raise MiniPeftError(f"unknown GPT size {name!r}; known: {', '.join(SIZES)}")
+        return cls(**{**SIZES[name], **overrides})
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_dim(self):
+        return self.n_inner or 4 * self.n_embd
+
+    def validate(self, source="GPTConfig"):
+        for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, f)
+            if type(value) is not int or value < 1:
+                raise MiniPeftError(f"{source}: {f} must be a positive integer, got {value!r}")
+        if self.n_inner is not None and (type(self.n_inner) is not int or self.n_inner < 1):
+            raise MiniPeftError(f"{source}: n_inner must be a positive integer or null, got {self.n_inner!r}")
+        if self.n_embd % self.n_head:
+            raise MiniPeftError(f"{source}: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
+            raise MiniPeftError(f"{source}: dropout must be in [0, 1), got {self.dropout!r}")
+        return self
+
+
+SIZES = {
+    "gpt2":        dict(n_layer=12, n_head=12, n_embd=768),   # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 355M
+    "gpt2-large":  dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl":     dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "tiny":        dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=256),  # tests
+    "char":        dict(n_layer=4, n_head=4, n_embd=128, n_positions=256, vocab_size=128),  # train_char.py
+}
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        C = cfg.n_embd
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.c_attn = Linear(C, {"query": C, "key": C, "value": C}, bias=cfg.bias)  # fused q/k/v
+        self.c_proj = Linear(C, {"attn_out": C}, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask, is_causal, prefix, cache, layer):
+        q, k, v = (split_heads(t, self.n_head) for t in self.c_attn(x).chunk(3, dim=-1))  # [B, H, T, D]
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = attend(q, k, v, prefix=prefix, mask=mask, is_causal=is_causal,
+                   dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.c_fc = Linear(cfg.n_embd, {"mlp_in": cfg.mlp_dim}, bias=cfg.bias)
+        self.c_proj = Linear(cfg.mlp_dim, {"mlp_out": cfg.n_embd}, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's GELU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1 = LayerNorm(cfg.n_embd, cfg.layer_norm_eps, cfg.bias)
+        self.attn = Attention(cfg)
+        self.ln_2 = LayerNorm(cfg.n_embd, cfg.layer_norm_eps, cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, mask, is_causal, prefix, cache, layer):
+        x = x + self.attn(self.ln_1(x), mask, is_causal, prefix, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class _KeepKeysValues:
+    """Stands in for a KVCache in one pass: keeps each layer's keys/values as computed (gradients included)."""
+
+    def __init__(self):
+        self.pairs = []
+
+    def update(self, layer, k, v):
+        self.pairs.append((k, v))
+        return k, v
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg.validate()
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # also the LM head (tied)
+        self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_eps, cfg.bias)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self):
+        return sum(p.numel() for p in self.parameters())  # the tied head is wte, counted once
+
+    # ---- what the PEFT methods need to know about this model --------------------------------
+
+    arch = "gpt"
+
+    def input_embeddings(self):
+        return self.wte
+
+    def prefix_sites(self):
+        """{site: (n_layer, n_head, head_dim)}: where a prefix can go. GPT-2 has one, self-attention."""
+        return {"self": (self.config.n_layer, self.config.n_head, self.config.head_dim)}
+
+    def pack_prefix(self, sites):
+        """The prefix hook argument from {site: [(key, value)] * n_layer}."""
+        return sites["self"]
+
+    @torch.no_grad()
+    def prefix_from_tokens(self, ids):
+        """{site: [(key, value)] * n_layer}, each [B, H, T, D]: the model's own keys/values of ids."""
+        cfg = self.config
+        cache = KVCache(cfg.n_layer, ids.shape[0], cfg.n_head, ids.shape[1], cfg.head_dim, device=ids.device, dtype=self.wte.weight.dtype)
+        self(ids, cache=cache)
+        return {"self": [(cache.k[i], cache.v[i]) for i in range(cfg.n_layer)]}
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def forward(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None,
+                prefix_mask=None, prefix_start=None, prompt_mask=None, labels=None, cache=None, hidden=False,
+                return_logits=True, positions="real"):
+        """Logits [B, T, vocab] aligned with input_ids; with labels (logits, mean next-token loss).
+
+        input_ids [B, T]; attention_mask [B, T] (1 = real token, 0 = padding); labels [B, T] with
+        -100 where no loss is wanted (shifted inside, as in transformers); cache: a KVCache.
+        Hooks: prefix, prompt (see the module docstring); bias_delta {slot name: [width] or
+        [B, width]} added to bias slots for this call; prefix_mask / prompt_mask [B or 1, P] for rows
+        that use fewer slots (many tasks in one batch); prefix_start [B] places the prefix before
+        that token index instead of in front (an infix: [x; INFIX; y]). hidden=True returns the final
+        hidden states [B, T, n_embd] instead of logits (for a task head). return_logits=False (with
+        labels) returns (None, loss) and never holds the [B, T, vocab] logits (see
+        layers.linear_cross_entropy): what training loops want. positions: "real" (padding takes no
+        position) or "plain" (every slot counts: peft's numbers on padded batches); see the module docstring.
+        """
+        B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, labels)
+        check_positions(positions)
+        if hidden and labels is not None:
+            raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
+        if not return_logits and labels is None:
+            raise MiniPeftError("return_logits=False is for training with labels (it returns only the loss); give labels")
+        self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
+        hooks = dict(prefix=prefix, prompt=prompt, bias_delta=bias_delta, prefix_mask=prefix_mask, prefix_start=prefix_start,
+                     prompt_mask=prompt_mask)
+        with bias_deltas(self, bias_delta, B):
+            if self._prompt_is_shared(input_ids, attention_mask, cache, positions, **hooks):
+                prefix, prompt = self._prompt_as_prefix(prompt, prefix), None
+            return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache,
+                                 hidden, return_logits, positions)
+
+    def _prompt_is_shared(self, input_ids, attention_mask, cache, positions, *, prefix, prompt, bias_delta, prefix_mask,
+                          prefix_start, prompt_mask):
+        """True when one prompt's states serve every row (see _prompt_as_prefix): several rows, one
+        prompt and at most one prefix for all, no left padding with positions="real" (a leading pad
+        takes its position after the prompt slots; with "plain" every slot keeps its index), no
+        per-row slot masks, infix or biases, no cache, no dropout drawing a different mask per row,
+        and everything within the context (else the other path raises the clear error)."""
+        B, T = input_ids.shape
+        if B == 1 or prompt is None or prompt.shape[0] != 1 or prompt_mask is not None or cache is not None:
+            return False
+        if prefix_mask is not None or prefix_start is not None or (self.training and self.config.dropout > 0):
+            return False
+        if (positions == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all())) or \
+                (bias_delta and any(d.dim() == 2 for d in bias_delta.values())):
+            return False
+        if prefix is not None and any(t.shape[0] != 1 for pair in prefix for t in pair):
+            return False
+        n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
+        return n_prefix + prompt.shape[1] + T <= self.config.n_positions
+
+    def _prompt_as_prefix(self, prompt, prefix):
+        """A prompt [1, P, C] shared by every row, run once: [(key, value)] per layer of [prefix; prompt].
+
+        In a causal model the prompt slots come first and see only the prefix and each other, so
+        their hidden states are the same in every row. Computing them once at batch 1 and giving the
+        tokens their keys/values as a prefix yields the same outputs and gradients as prepending the
+        prompt to each of the B rows, without B - 1 copies of its work (P of every P + T positions).
+        """
+        P, n_prefix = prompt.shape[1], 0 if prefix is None else prefix[0][0].shape[2]
+        x = self.drop(prompt + self.wpe(torch.arange(n_prefix, n_prefix + P, device=prompt.device)))  # [1, P, C]
+        mask = None if prefix is None else build_mask(torch.ones(1, P, dtype=torch.bool, device=prompt.device), P, n_prefix=n_prefix)
+        keep = _KeepKeysValues()
+        for i, block in enumerate(self.h):
+            x = block(x, mask, prefix is None, None if prefix is None else prefix[i], keep, i)
+        if prefix is None:
+            return keep.pairs
+        return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(prefix, keep.pairs)]
+
+    def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache, hidden,
+                 return_logits, positions="real"):
+        B, T = input_ids.shape
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        n_prompt = 0 if prompt is None else prompt.shape[1]
+        if n_prompt:
+            slots = valid.new_ones(B, n_prompt) if prompt_mask is None else prompt_mask.bool().expand(B, -1)
+            valid = torch.cat([slots, valid], dim=1)                        # [B, P + T]
+        n_query = valid.shape[1]
+        S = n_query + (0 if cache is None else cache.length)               # keys: cached + these
+
+        # "real": positions count real tokens (and prompt slots); "plain": every slot (cached ones too);
+        # tokens after a prefix/infix move up by its size (its valid slots, or all with "plain")
+        plain = positions == "plain"
+        if plain:
+            positions = torch.arange(S - n_query, S, device=valid.device)[None]  # [1, P + T]
+        else:
+            seen = 0 if cache is None else cache.seen[:, None]
+            positions = (valid.cumsum(1) - 1).clamp(min=0) + seen           # [B, P + T]
+        n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
+        prefix_valid = None
+        if n_prefix:
+            prefix_valid = torch.ones(1, n_prefix, dtype=torch.bool, device=valid.device) if prefix_mask is None else prefix_mask.bool()
+            shift = n_prefix if plain else prefix_valid.sum(-1, keepdim=True)  # [B or 1, 1]
+            if prefix_start is not None:
+                index = torch.arange(S - n_query, S, device=valid.device)
+                shift = shift * (index[None] >= prefix_start[:, None])
+            positions = positions + shift
+        if int(positions.max()) >= self.config.n_positions:                 # checked before any computation
+            raise MiniPeftError(f"sequence needs position {int(positions.max())} but the context is "
+                                f"{self.config.n_positions} (prefix {n_prefix} + prompt {n_prompt} + tokens)")
+        key_valid = valid if cache is None else cache.append_mask(valid)    # [B, S] every key so far
+
+        x = self.wte(input_ids)                                             # [B, T, C]
+        if n_prompt:
+            x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)             # [B, P + T, C]
+        x = self.drop(x + self.wpe(positions))
+
+        # one mask for all layers; SDPA's own causal path when nothing needs a mask
+        plain_prefix = prefix_mask is None and prefix_start is None
+        mask, is_causal = None, False
+        if bool(key_valid.all()) and plain_prefix and (n_query == 1 or (n_prefix == 0 and S == n_query)):
+            is_causal = n_query > 1                                         # one query sees every key
+        else:
+            mask = build_mask(key_valid, n_query, prefix_valid=prefix_valid, prefix_from=prefix_start)
+
+        for i, block in enumerate(self.h):
+            x = block(x, mask, is_causal, None if prefix is None else prefix[i], cache, i)
+        if cache is not None:
+            cache.advance(valid)
+        x = self.ln_f(x[:, n_prompt:])                                      # drop the prompt slots
+        if hidden:
+            return x
+        if labels is None:
+            return F.linear(x, self.wte.weight)                             # tied head
+        # predict token t+1 at t: shift the labels, not the logits (no copy of [B, T, vocab])
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        if not return_logits:
+            return None, linear_cross_entropy(x.reshape(B * T, -1), self.wte.weight, targets.reshape(-1))
+        logits = F.linear(x, self.wte.weight)
+        return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+
+    def _check_hook_masks(self, B, prefix, prompt, prefix_mask, prefix_start, prompt_mask):
+        for name, m, hook in (("prefix_mask", prefix_mask, prefix), ("prompt_mask", prompt_mask, prompt)):
+            if m is None:
+                continue
+            if hook is None:
+                raise MiniPeftError(f"{name} given without {name.split('_')[0]}")
+            check_slot_mask(name, m, B, hook[0][0].shape[2] if name == "prefix_mask" else hook.shape[1])
+        if prefix_start is not None:
+            if prefix is None:
+                raise MiniPeftError("prefix_start given without prefix")
+            if prefix_start.shape != (B,) or prefix_start.dtype != torch.long or bool((prefix_start < 0).any()):
+                raise MiniPeftError(f"prefix_start must be a torch.long tensor of {B} non-negative token indices; "
+                                    f"got {prefix_start.dtype} {list(prefix_start.shape)}")
+
+    def _check_inputs(self, input_ids, attention_mask, prefix, prompt, labels):
+        cfg = self.config
+        B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
+        if attention_mask is not None:
+            check_attention_mask("attention_mask", attention_mask, (B, T), every_row_real=prompt is None and prefix is None)
+        if labels is not None:
+            check_labels(labels, (B, T), cfg.vocab_size)
+        device, dtype = self.wte.weight.device, self.wte.weight.dtype
+        if prompt is not None:
+            check_hook_tensor("prompt", prompt, (B, None, cfg.n_embd), device, dtype)
+        if prefix is not None:
+            check_prefix("prefix", prefix, cfg.n_layer, B, cfg.n_head, cfg.head_dim, device, dtype)
+        return B, T
+
+    # ---- generation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, *, max_new_tokens=20, temperature=0.0, top_k=None,
+                 eos_token_id=None, generator=None, prefix=None, prompt=None, prompt_mask=None,
+                 bias_delta=None, prefix_mask=None, prefix_start=None, positions="real"):
+        """Continue each row of input_ids (left-padded when rows differ in length) with a KV cache.
+
+        Greedy when temperature is 0, else sampling (optionally top-k). Rows that emit eos_token_id
+        stop (and are padded with it). Takes the same hooks and positions as forward. Returns
+        [B, T + n_new] ids.
+        """
+        B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, None)
+        check_positions(positions)
+        self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
+        max_new_tokens, temperature, top_k, eos_token_id = check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
+        if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
+            raise MiniPeftError("generate needs left padding (zeros before the tokens); attention_mask has padding on the right")
+        n_prompt = 0 if prompt is None else prompt.shape[1]
+        n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
+        if n_prefix + n_prompt + T + max_new_tokens > self.config.n_positions:
+            raise MiniPeftError(f"prefix {n_prefix} + prompt {n_prompt} + input {T} + max_new_tokens {max_new_tokens} "
+                                f"exceeds the context of {self.config.n_positions} positions")
+        cfg, w = self.config, self.wte.weight
+        cache = KVCache(cfg.n_layer, B, cfg.n_head, n_prefix + n_prompt + T + max_new_tokens, cfg.head_dim, device=w.device, dtype=w.dtype)
+        if prefix is not None and prefix_start is None:  # a prefix (not an infix) becomes the cache's first keys
+            cache.start_with(prefix, prefix_mask)
+            prefix = prefix_mask = None
+        every_step = dict(prefix=prefix, prefix_mask=prefix_mask, prefix_start=prefix_start, bias_delta=bias_delta, cache=cache,
+                          hidden=True, positions=positions)
+        head = lambda h: linear(h[:, -1], w)  # noqa: E731  logits of the last position only, not of the whole prompt
+        first = head(self(input_ids, attention_mask, prompt=prompt, prompt_mask=prompt_mask, **every_step))
+        new = decode(lambda tok: head(self(tok, **every_step)), first, max_new_tokens,
+                     eos_token_id=eos_token_id, temperature=temperature, top_k=top_k, generator=generator)
+        return torch.cat([input_ids, new], dim=1)
+
+    # ---- checkpoints (Hugging Face layout, no Hugging Face code) -----------------------------
+
+    @classmethod
+    def from_pretrained(cls, path, *, n_head=None, dtype=torch.float32):
+        """Load GPT-2 weights from a Hugging Face-layout folder (config.json + model.safetensors or
+        pytorch_model.bin) or one .safetensors/.bin file (config inferred from the shapes; n_head
+        defaults to n_embd // 64, true of every released GPT-2). Returns the model in eval mode."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            hf, state = checkpoint.load_folder(path)
+            state = _strip_prefix(state)
+            cfg = config_from_hf(hf, os.path.join(path, "config.json"))
+        elif os.path.isfile(path):
+            state = _strip_prefix(checkpoint.load_file(path))
+            cfg = _config_from_shapes(state, path, n_head)
+        else:
+            raise MiniPeftError(f"{path} does not exist; pass a model folder (config.json + weights) or a .safetensors file")
+        head = state.pop("lm_head.weight", None)
+        if head is not None and ("wte.weight" not in state or not torch.equal(head, state["wte.weight"])):
+            raise MiniPeftError(f"{path}: lm_head.weight differs from wte.weight, but GPT-2's head is tied to wte")
+        checkpoint.check_count(state, BLOCK_KEY, cfg.n_layer, "n_layer", path)
+        with torch.device("meta"):  # shapes only: memory comes once the file is known to match
+            model = cls(cfg)
+        checkpoint.load_into(model, state, checkpoint_keys(cfg), ignore=IGNORED_KEYS, source=path)
+        return model.to(dtype).eval()
+
+    def save_pretrained(self, folder):
+        """Write config.json + model.safetensors in the Hugging Face layout (loads in minipeft and transformers)."""
+        os.makedirs(folder, exist_ok=True)
+        safetensors.save(os.path.join(folder, "model.safetensors"), checkpoint.state_from(self, checkpoint_keys(self.config)),
+                         metadata={"format": "pt"})
+        checkpoint.write_json(os.path.join(folder, "config.json"), config_to_hf(self.config))
+
+
+# ---- checkpoint key map ------------------------------------------------------------------------
+
+BLOCK_KEY = r"h\.(\d+)\."                                          # a block's keys; the index counts layers
+IGNORED_KEYS = (r"h\.\d+\.attn\.bias", r"h\.\d+\.attn\.masked_bias")  # causal-mask buffers, not parameters
+CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")    # stored [in, out]: transpose
+
+
+def checkpoint_keys(cfg):
+    """Explicit map between Hugging Face GPT-2 keys and minipeft parameters."""
+    keys = [Key("wte.weight", ("wte.weight",)), Key("wpe.weight", ("wpe.weight",))]
+    for i in range(cfg.n_layer):
+        h = f"h.{i}"
+        keys += [Key(f"{h}.{ln}.{p}", (f"{h}.{ln}.{p}",)) for ln in ("ln_1", "ln_2") for p in ("weight", "bias")]
+        keys += [Key(f"{h}.{m}.weight", (f"{h}.{m}.weight",), "transpose") for m in CONV1D]
+        keys.append(Key(f"{h}.attn.c_attn.bias", tuple(f"{h}.attn.c_attn.bias_{r}" for r in ("query", "key", "value")), "split"))
+        keys += [Key(f"{h}.{m}.bias", (f"{h}.{m}.bias",)) for m in CONV1D[1:]]
+    keys += [Key("ln_f.weight", ("ln_f.weight",)), Key("ln_f.bias", ("ln_f.bias",))]
+    if not cfg.bias:
+        keys = [k for k in keys if not k.ckpt.endswith(".bias")]
+    return keys
+
+
+def _strip_prefix(state):
+    return {k.removeprefix("transformer."): v for k, v in state.items()}
+
+
+def config_from_hf(hf, source):
+    """GPTConfig from a transformers GPT-2 config.json dict, refusing what minipeft does not implement."""
+    req = checkpoint.require
+    vocab, n_pos, n_embd, n_layer, n_head = (req(hf, source, f) for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"))
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise MiniPeftError(f"{source}: model_type is {hf.get('model_type')!r}; expected 'gpt2'")
+    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise MiniPeftError(f"{source}: activation_function {hf['activation_function']!r} is not GPT-2's tanh GELU")
+    for flag, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False)):
+        if hf.get(flag, want) != want:
+            raise MiniPeftError(f"{source}: {flag}={hf[flag]!r} is not supported (expected {want})")
+    if hf.get("tie_word_embeddings", True) is not True:
+        raise MiniPeftError(f"{source}: tie_word_embeddings is false; minipeft's GPT-2 ties the head to wte")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if type(eps) not in (int, float) or not 0 < eps < 1:
+        raise MiniPeftError(f"{source}: layer_norm_epsilon must be a small positive number, got {eps!r}")
+    cfg = GPTConfig(vocab_size=vocab, n_positions=n_pos, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                    n_inner=hf.get("n_inner"), layer_norm_eps=float(eps), dropout=hf.get("resid_pdrop", 0.0))
+    return cfg.validate(source)
+
+
+def config_to_hf(cfg):
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size, "n_positions": cfg.n_positions, "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": cfg.n_inner,
+        "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layer_norm_eps,
+        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+        "tie_word_embeddings": True,
+    }
+
+
+def _config_from_shapes(state, source, n_head=None):
+    """Infer the config of a bare weights file: sizes from the shapes, n_head = n_embd // 64 unless given."""
+    for k in ("wte.weight", "wpe.weight"):
+        if k not in state or state[k].dim() != 2:
+            raise MiniPeftError(f"{source}: missing key {k} (a 2-D tensor); cannot infer the GPT-2 config")
+    vocab, n_embd = state["wte.weight"].shape
+    n_layer = checkpoint.count_blocks(state, BLOCK_KEY)
+    fc = state.get("h.0.mlp.c_fc.weight")
+    n_inner = int(fc.shape[1]) if fc is not None and fc.dim() == 2 and fc.shape[1] != 4 * n_embd else None
+    if n_head is None:
+        if n_embd % 64:
+            raise MiniPeftError(f"{source}: n_embd {n_embd} is not a multiple of 64; pass n_head= explicitly")
+        n_head = n_embd // 64
+    cfg = GPTConfig(vocab_size=int(vocab), n_positions=int(state["wpe.weight"].shape[0]), n_embd=int(n_embd),
+                    n_layer=n_layer, n_head=n_head, n_inner=n_inner)
+    return cfg.validate(source)

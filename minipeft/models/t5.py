@@ -1,0 +1,685 @@
+"""T5 (encoder-decoder), from scratch, with the three PEFT hooks built in. Numerics match
+transformers' T5ForConditionalGeneration: original T5 (ReLU MLP, tied head) and v1.1 / FLAN-T5
+(gated tanh-GELU, untied head).
+
+Hooks, with the names and shapes GPT-2 uses (models/gpt.py):
+  1. bias slots: every projection (query, key, value, attn_out of self- and cross-attention;
+     mlp_in, mlp_out) and every norm (norm). T5 has no biases, so the slots start absent;
+     enable_bias() on a layer (see layers.bias_slots) adds a zero bias: outputs stay bit-identical.
+     bias_delta {slot name: [width] or [B, width]} adds to them for one call, as in GPT-2.
+  2. prefix:  forward(..., prefix={"encoder": [...], "decoder": [...], "cross": [...]}), any subset;
+     each a list with one (key, value) pair per layer of that stack, each [B or 1, n_heads, P, d_kv],
+     concatenated in front of that layer's keys/values inside attention (never in a KV cache).
+     Prefix slots are visible to every query; padding stays masked.
+  3. prompt:  forward(..., prompt=[B or 1, P, d_model]) prepended to the encoder's token embeddings;
+     the encoder mask gets P ones, so the decoder also cross-attends to the prompt slots. The
+     decoder's output (and logits) keep the shape of decoder_input_ids.
+
+Relative position bias of a prefix (T5 has no absolute positions; the bias depends on
+key_pos - query_pos). In every self-attention a prefix of P slots sits at positions 0..P-1 and
+the real tokens at P, P+1, ...:
+  - decoder: exactly what transformers does when the prefix is passed as past key/values (peft's
+    prefix tuning): with a past of length P, queries sit at P..P+T-1 and keys at 0..P+T-1. Prefix
+    slots get the bias of tokens standing before the queries; distances between real tokens are
+    unchanged.
+  - encoder: the same rule, for the same reasons: a prefix then acts like P tokens written in
+    front of the input (where a prompt goes too: with both, the prefix is at 0..P-1 and the prompt
+    follows), slots are "before" every real token (their own buckets in the bidirectional
+    encoder, never confused with tokens after the query), and distances between real tokens are
+    unchanged, so a prefix made of real tokens' keys/values reproduces those tokens.
+  - cross-attention has no position bias: a prefix there just adds keys/values.
+Positions (positions="real", the default) count valid slots only: padding, and the unused slots
+of a shorter prompt or prefix in a mixed-task batch, take none, so a row of a padded or mixed
+batch gets exactly the bias it would get alone. positions="plain" counts every slot, padding
+included: the plain indices transformers uses, so with padding between a prompt and the text
+(peft's prompt tuning on a left-padded batch) it gives peft's numbers. Without padding or unused
+slots the two are the same; with right padding only they differ on the padding alone.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..io import checkpoint, safetensors
+from ..io.checkpoint import Key
+from ..errors import MiniPeftError
+from .generation import check_decoding, decode
+from .layers import (IGNORE, KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, check_attention_mask,
+                     check_hook_tensor, check_ids, check_labels, check_positions, check_prefix, check_slot_mask, linear,
+                     linear_cross_entropy, merge_heads, split_heads)
+
+PAD_ID = 0            # also the decoder's start token
+EOS_ID = 1
+FEED_FORWARD = ("relu", "gated-gelu")
+PREFIX_KEYS = ("encoder", "decoder", "cross")
+
+
+@dataclass
+class T5Config:
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64                          # per-head width; num_heads * d_kv may differ from d_model
+    d_ff: int = 2048
+    num_layers: int = 6                     # encoder blocks
+    num_decoder_layers: int | None = None   # None: same as num_layers
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout: float = 0.0
+    layer_norm_eps: float = 1e-6
+    feed_forward: str = "relu"              # "relu" (T5) | "gated-gelu" (T5 v1.1, FLAN-T5)
+    tie_word_embeddings: bool = True        # tied: head = shared, scaled by d_model**-0.5; untied: lm_head
+    bias: bool = False                      # start with bias slots present (T5 has none)
+
+    def __post_init__(self):
+        if self.num_decoder_layers is None:
+            self.num_decoder_layers = self.num_layers
+
+    @classmethod
+    def named(cls, name, **overrides):
+        key = name.removeprefix("google/").removeprefix("google-t5/")
+        if key not in SIZES:
+            raise MiniPeftError(f"unknown T5 size {name!r}; known: {', '.join(SIZES)}")
+        return cls(**{**SIZES[key], **overrides})
+
+    @property
+    def inner_dim(self):
+        return self.num_heads * self.d_kv
+
+    def validate(self, source="T5Config"):
+        for f in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+                  "relative_attention_num_buckets", "relative_attention_max_distance"):
+            value = getattr(self, f)
+            if type(value) is not int or value < 1:
+                raise MiniPeftError(f"{source}: {f} must be a positive integer, got {value!r}")
+        if self.relative_attention_num_buckets < 4:  # the encoder splits them by sign, then half exact
+            raise MiniPeftError(f"{source}: relative_attention_num_buckets must be >= 4, got {self.relative_attention_num_buckets}")
+        if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 2:
+            raise MiniPeftError(f"{source}: relative_attention_max_distance ({self.relative_attention_max_distance}) must exceed "
+                                f"relative_attention_num_buckets // 2 ({self.relative_attention_num_buckets // 2})")
+        if self.feed_forward not in FEED_FORWARD:
+            raise MiniPeftError(f"{source}: feed_forward must be one of {FEED_FORWARD}, got {self.feed_forward!r}")
+        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
+            raise MiniPeftError(f"{source}: dropout must be in [0, 1), got {self.dropout!r}")
+        if type(self.layer_norm_eps) not in (int, float) or not 0 < self.layer_norm_eps < 1:
+            raise MiniPeftError(f"{source}: layer_norm_eps must be a small positive number, got {self.layer_norm_eps!r}")
+        for f in ("tie_word_embeddings", "bias"):
+            if type(getattr(self, f)) is not bool:
+                raise MiniPeftError(f"{source}: {f} must be true or false, got {getattr(self, f)!r}")
+        return self
+
+
+_V11 = dict(feed_forward="gated-gelu", tie_word_embeddings=False)
+SIZES = {
+    "t5-small":      dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8),            # 60.5M
+    "t5-base":       dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12),          # 223M
+    "t5-large":      dict(d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16),         # 738M
+    "t5-v1_1-small": dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6, **_V11),    # 77.0M
+    "t5-v1_1-base":  dict(d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_heads=12, **_V11),  # 248M
+    "t5-v1_1-large": dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16, **_V11), # 783M
+    "tiny": dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,           # tests
+                 relative_attention_num_buckets=8, relative_attention_max_distance=16),
+}
+for _size in ("small", "base", "large"):  # FLAN-T5 is T5 v1.1 fine-tuned: same shapes
+    SIZES[f"flan-t5-{_size}"] = SIZES[f"t5-v1_1-{_size}"]
+
+
+def relative_position_bucket(relative_position, bidirectional, num_buckets, max_distance):
+    """Bucket of key_pos - query_pos: exact for small distances, log-spaced up to max_distance.
+
+    Bidirectional (encoder): half the buckets for keys after the query. Causal (decoder): keys
+    after the query do not occur, all buckets go to keys before it. The float ops are those of
+    mesh-tensorflow / transformers, so boundary distances land in the same bucket.
+    """
+    bucket = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)
+    max_exact = num_buckets // 2
+    log_ratio = torch.log(distance.clamp(min=max_exact).float() / max_exact) / math.log(max_distance / max_exact)
+    large = (max_exact + (log_ratio * (num_buckets - max_exact)).long()).clamp(max=num_buckets - 1)
+    return bucket + torch.where(distance < max_exact, distance, large)
+
+
+def shift_right(labels, start_id=PAD_ID, pad_id=PAD_ID):
+    """Teacher-forcing decoder inputs: [start, labels[:-1]], with ignored labels (-100) turned into pad."""
+    shifted = torch.cat([labels.new_full((labels.shape[0], 1), start_id), labels[:, :-1]], dim=1)
+    return shifted.masked_fill(shifted == IGNORE, pad_id)
+
+
+def gelu_tanh(x):
+    """GELU, tanh approximation, written out as transformers' gelu_new: F.gelu(approximate="tanh")
+    is the same function but rounds differently, and an untied head amplifies that past 1e-5."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class Attention(nn.Module):
+    """Multi-head attention without 1/sqrt(d) scaling (T5 folds it into the init); the position
+    bias arrives inside the additive mask."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        d, inner = cfg.d_model, cfg.inner_dim
+        self.n_heads, self.dropout = cfg.num_heads, cfg.dropout
+        self.q = Linear(d, {"query": inner}, bias=cfg.bias)
+        self.k = Linear(d, {"key": inner}, bias=cfg.bias)
+        self.v = Linear(d, {"value": inner}, bias=cfg.bias)
+        self.o = Linear(inner, {"attn_out": d}, bias=cfg.bias)
+
+    def kv(self, x):
+        """[B, S, d_model] -> keys, values [B, H, S, d_kv] (cross-attention computes them once)."""
+        return split_heads(self.k(x), self.n_heads), split_heads(self.v(x), self.n_heads)
+
+    def forward(self, x, mask, *, kv=None, prefix=None, cache=None, layer=0):
+        q = split_heads(self.q(x), self.n_heads)                  # [B, H, T, d_kv]
+        k, v = self.kv(x) if kv is None else kv
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = attend(q, k, v, prefix=prefix, mask=mask, scale=1.0, dropout_p=self.dropout if self.training else 0.0)
+        return self.o(merge_heads(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        d, d_ff, bias = cfg.d_model, cfg.d_ff, cfg.bias
+        self.gated = cfg.feed_forward == "gated-gelu"
+        if self.gated:
+            self.wi_0 = Linear(d, {"mlp_in": d_ff}, bias=bias)
+            self.wi_1 = Linear(d, {"mlp_in": d_ff}, bias=bias)
+        else:
+            self.wi = Linear(d, {"mlp_in": d_ff}, bias=bias)
+        self.wo = Linear(d_ff, {"mlp_out": d}, bias=bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        if self.gated:  # v1.1: gelu(x W0) * (x W1)
+            h = gelu_tanh(self.wi_0(x)) * self.wi_1(x)
+        else:
+            h = F.relu(self.wi(x))
+        return self.wo(self.dropout(h))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: self-attention, [cross-attention,] MLP."""
+
+    def __init__(self, cfg, is_decoder):
+        super().__init__()
+        d, eps, bias = cfg.d_model, cfg.layer_norm_eps, cfg.bias
+        self.attn_norm, self.attn = RMSNorm(d, eps, bias), Attention(cfg)
+        if is_decoder:
+            self.cross_norm, self.cross = RMSNorm(d, eps, bias), Attention(cfg)
+        self.mlp_norm, self.mlp = RMSNorm(d, eps, bias), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask, prefix, cache, layer, cross_kv=None, cross_mask=None, cross_prefix=None):
+        x = x + self.drop(self.attn(self.attn_norm(x), mask, prefix=prefix, cache=cache, layer=layer))
+        if cross_kv is not None:
+            x = x + self.drop(self.cross(self.cross_norm(x), cross_mask, kv=cross_kv, prefix=cross_prefix))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class Stack(nn.Module):
+    """The encoder (bidirectional) or the decoder (causal, with cross-attention).
+
+    One relative-position table per stack (the checkpoint keeps it in block 0); its bias, with
+    the mask already applied, is computed once and used by every block.
+    """
+
+    def __init__(self, cfg, is_decoder):
+        super().__init__()
+        self.is_decoder = is_decoder
+        self.num_buckets, self.max_distance = cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+        self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets, cfg.num_heads)
+        n = cfg.num_decoder_layers if is_decoder else cfg.num_layers
+        self.blocks = nn.ModuleList(Block(cfg, is_decoder) for _ in range(n))
+        self.final_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps, cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def position_bias(self, key_valid, n_query, positions="real"):
+        """[B or 1, H, T, S] for T queries that are the last T of S keys. "real": positions count
+        valid keys only (padding and unused prefix/prompt slots take none), so a row's bias is what
+        it would be alone; with no padding they are the plain indices transformers uses, which
+        "plain" uses always."""
+        if positions == "plain" or bool(key_valid.all()):
+            pos = torch.arange(key_valid.shape[1], device=key_valid.device)[None]  # [1, S]
+        else:
+            pos = key_valid.long().cumsum(1) - 1                                    # [B, S]
+        rel = pos[:, None, :] - pos[:, -n_query:, None]                             # [B, T, S] key - query
+        buckets = relative_position_bucket(rel, not self.is_decoder, self.num_buckets, self.max_distance)
+        return self.relative_attention_bias(buckets).permute(0, 3, 1, 2)
+
+    def forward(self, x, key_valid, *, prefix=None, prefix_valid=None, cache=None, cross_kv=None, cross_mask=None,
+                cross_prefix=None, positions="real"):
+        """x [B, T, d_model] -> [B, T, d_model]. key_valid [B, S] marks the real keys (S = T, or
+        the cached tokens + T); prefix slots take key positions 0..P-1 in front of them, and
+        prefix_valid [B or 1, P] marks the slots a row uses (left-padded: distances stay the same).
+        positions: "real" or "plain" (see position_bias)."""
+        T, B = x.shape[1], x.shape[0]
+        P = 0 if prefix is None else prefix[0][0].shape[2]
+        slots = key_valid.new_ones(B, P) if prefix_valid is None else prefix_valid.expand(B, -1)
+        mask = self.position_bias(torch.cat([slots, key_valid], 1), T, positions)  # [B or 1, H, T, P+S]
+        if not (bool(key_valid.all()) and prefix_valid is None and (not self.is_decoder or T == 1)):
+            allowed = build_mask(key_valid, T, n_prefix=P, prefix_valid=prefix_valid, causal=self.is_decoder)  # [B, 1, T, P+S]
+            mask = torch.where(allowed, mask, float("-inf"))                    # masked keys get zero weight
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, None if prefix is None else prefix[i], cache, i,
+                      None if cross_kv is None else cross_kv[i], cross_mask,
+                      None if cross_prefix is None else cross_prefix[i])
+        return self.drop(self.final_norm(x))
+
+
+class T5(nn.Module):
+    arch = "t5"
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg.validate()
+        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)  # encoder and decoder input; the tied head
+        self.encoder = Stack(cfg, is_decoder=False)
+        self.decoder = Stack(cfg, is_decoder=True)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self):
+        """transformers' T5 init (initializer_factor 1): unit-variance outputs without 1/sqrt(d) in attention."""
+        cfg = self.config
+        nn.init.normal_(self.shared.weight, std=1.0)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=1.0)
+        for m in self.modules():
+            if isinstance(m, Stack):
+                nn.init.normal_(m.relative_attention_bias.weight, std=cfg.d_model ** -0.5)
+            elif isinstance(m, Attention):
+                nn.init.normal_(m.q.weight, std=(cfg.d_model * cfg.d_kv) ** -0.5)
+                nn.init.normal_(m.k.weight, std=cfg.d_model ** -0.5)
+                nn.init.normal_(m.v.weight, std=cfg.d_model ** -0.5)
+                nn.init.normal_(m.o.weight, std=cfg.inner_dim ** -0.5)
+            elif isinstance(m, MLP):
+                for w in ((m.wi_0, m.wi_1) if m.gated else (m.wi,)):
+                    nn.init.normal_(w.weight, std=cfg.d_model ** -0.5)
+                nn.init.normal_(m.wo.weight, std=cfg.d_ff ** -0.5)
+
+    def num_parameters(self):
+        return sum(p.numel() for p in self.parameters())  # a tied head is `shared`, counted once
+
+    # ---- what the PEFT methods need to know about this model --------------------------------
+
+    def input_embeddings(self):
+        return self.shared
+
+    def prefix_sites(self):
+        """{site: (n_layer, n_heads, d_kv)}: where a prefix can go (the keys of the prefix dict)."""
+        cfg = self.config
+        return {"encoder": (cfg.num_layers, cfg.num_heads, cfg.d_kv),
+                "decoder": (cfg.num_decoder_layers, cfg.num_heads, cfg.d_kv),
+                "cross": (cfg.num_decoder_layers, cfg.num_heads, cfg.d_kv)}
+
+    def pack_prefix(self, sites):
+        """The prefix hook argument from {site: [(key, value)] * n_layer}: that dict itself."""
+        return dict(sites)
+
+    @torch.no_grad()
+    def prefix_from_tokens(self, ids):
+        """{site: [(key, value)] * n_layer}, each [B, H, T, d_kv]: the model's own keys/values of ids.
+
+        encoder: its self-attention over ids; cross: the cross-attention keys/values of that
+        encoding; decoder: its self-attention with ids as decoder input, attending to that encoding.
+        """
+        cfg, w = self.config, self.shared.weight
+        B, T = check_ids("ids", ids, cfg.vocab_size)
+        caches = {site: KVCache(L, B, H, T, D, device=w.device, dtype=w.dtype) for site, (L, H, D) in self.prefix_sites().items()
+                  if site != "cross"}
+        hidden, valid = self._encode(ids, None, None, None, cache=caches["encoder"])
+        cross_kv = self._cross_kv(hidden)
+        self._decode(ids, None, valid, cross_kv, {}, caches["decoder"])
+        out = {site: [(c.k[i], c.v[i]) for i in range(c.k.shape[0])] for site, c in caches.items()}
+        return {**out, "cross": cross_kv}
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def forward(self, input_ids=None, decoder_input_ids=None, attention_mask=None, *, decoder_attention_mask=None,
+                prefix=None, prompt=None, bias_delta=None, prefix_mask=None, prompt_mask=None, labels=None,
+                encoder_out=None, cache=None, hidden=False, return_logits=True, positions="real"):
+        """Logits [B, T_dec, vocab] aligned with decoder_input_ids; with labels (logits, mean loss).
+
+        input_ids [B, T] and attention_mask [B, T] (1 = real, 0 = padding) feed the encoder, or give
+        encoder_out = encode(...)'s (hidden, mask) instead. decoder_input_ids [B, T_dec] default to
+        shift_right(labels); labels [B, T_dec] use -100 where no loss is wanted (not shifted again).
+        decoder_attention_mask [B, T_dec]; cache: a KVCache for the decoder's self-attention (the
+        cross-attention keys/values are recomputed per call; generate() computes them once).
+        Hooks: prefix, prompt, bias_delta (see the module docstring); prefix_mask {site: [B or 1, P]}
+        and prompt_mask [B or 1, P] for rows that use fewer slots (many tasks in one batch).
+        hidden=True returns the decoder's final hidden states [B, T_dec, d_model] instead of logits.
+        return_logits=False (with labels) returns (None, loss) without holding the logits.
+        positions: "real" (padding takes no position) or "plain" (every slot counts: peft's numbers
+        on padded batches), in both stacks (see the module docstring; encode() takes its own).
+        """
+        B, decoder_input_ids = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoder_input_ids,
+                                                  decoder_attention_mask, labels, encoder_out)
+        check_positions(positions)
+        prefix, prefix_mask = prefix or {}, self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
+        if hidden and labels is not None:
+            raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
+        if not return_logits and labels is None:
+            raise MiniPeftError("return_logits=False is for training with labels (it returns only the loss); give labels")
+        with bias_deltas(self, bias_delta, B):
+            if encoder_out is None:
+                encoder_out = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
+                                           prefix_mask.get("encoder"), prompt_mask, positions=positions)
+            enc_valid = encoder_out[1]
+            out = self._decode(decoder_input_ids, decoder_attention_mask, enc_valid, self._cross_kv(encoder_out[0]), prefix,
+                               cache, prefix_mask, hidden or (labels is not None and not return_logits), positions)
+        if labels is None:
+            return out
+        if not return_logits:                                               # out: hidden states
+            x, weight = self._head_input(out)
+            return None, linear_cross_entropy(x.reshape(-1, x.shape[-1]), weight, labels.reshape(-1))
+        return out, F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+
+    def encode(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None, prefix_mask=None,
+               prompt_mask=None, positions="real"):
+        """Run the encoder once: (hidden [B, P_prompt + T, d_model], mask [B, P_prompt + T] bool).
+        The pair is what forward(encoder_out=...) takes. Only prefix["encoder"] is used here."""
+        B, _ = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
+        prefix_mask = self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
+        check_positions(positions)
+        with bias_deltas(self, bias_delta, B):
+            return self._encode(input_ids, attention_mask, (prefix or {}).get("encoder"), prompt,
+                                prefix_mask.get("encoder"), prompt_mask, positions=positions)
+
+    def _encode(self, input_ids, attention_mask, prefix, prompt, prefix_valid=None, prompt_mask=None, cache=None,
+                positions="real"):
+        B = input_ids.shape[0]
+        x = self.shared(input_ids)                                          # [B, T, d] (no sqrt(d) scaling)
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if prompt is not None:
+            x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)             # [B, P + T, d]
+            slots = valid.new_ones(B, prompt.shape[1]) if prompt_mask is None else prompt_mask.bool().expand(B, -1)
+            valid = torch.cat([slots, valid], dim=1)
+        if prefix_valid is not None:
+            prefix_valid = prefix_valid.bool()
+        if cache is None:
+            return self.encoder(x, valid, prefix=prefix, prefix_valid=prefix_valid, positions=positions), valid
+        h = self.encoder(x, cache.append_mask(valid), prefix=prefix, prefix_valid=prefix_valid, cache=cache,
+                         positions=positions)  # the cache records keys/values
+        cache.advance(valid)
+        return h, valid
+
+    def _cross_kv(self, hidden):
+        """Keys/values of the encoder output for every decoder layer's cross-attention."""
+        return [block.cross.kv(hidden) for block in self.decoder.blocks]
+
+    def _decode(self, ids, attention_mask, enc_valid, cross_kv, prefix, cache, prefix_mask=None, hidden=False, positions="real"):
+        B = ids.shape[0]
+        prefix_mask = prefix_mask or {}
+        x = self.shared(ids)                                                # [B, T, d]
+        valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        key_valid = valid if cache is None else cache.append_mask(valid)    # [B, S] every key so far
+        cross_prefix = prefix.get("cross")
+        if cross_prefix is not None:                                        # its slots are visible to every query
+            P = cross_prefix[0][0].shape[2]
+            slots = enc_valid.new_ones(B, P) if "cross" not in prefix_mask else prefix_mask["cross"].bool().expand(B, -1)
+            enc_valid = torch.cat([slots, enc_valid], dim=1)
+        cross_mask = None if bool(enc_valid.all()) else enc_valid[:, None, None, :]  # [B, 1, 1, Pc+S], no position bias
+        decoder_valid = prefix_mask.get("decoder")
+        h = self.decoder(x, key_valid, prefix=prefix.get("decoder"), prefix_valid=None if decoder_valid is None else decoder_valid.bool(),
+                         cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, cross_prefix=cross_prefix, positions=positions)
+        if cache is not None:
+            cache.advance(valid)
+        if hidden:
+            return h
+        return linear(*self._head_input(h))
+
+    def _head_input(self, h):
+        """(input, weight) of the LM head: v1.1 / FLAN have their own head; a tied head rescales first."""
+        if self.lm_head is not None:
+            return h, self.lm_head.weight
+        return h * self.config.d_model ** -0.5, self.shared.weight
+
+    def _check_inputs(self, input_ids, attention_mask, prefix, prompt, decoder_input_ids=None,
+                      decoder_attention_mask=None, labels=None, encoder_out=None, *, decoding=True):
+        """Refuse bad input before computing anything; returns (batch size, decoder input ids)."""
+        cfg = self.config
+        device, dtype = self.shared.weight.device, self.shared.weight.dtype
+        if prefix is not None and (not isinstance(prefix, dict) or not set(prefix) <= set(PREFIX_KEYS)):
+            got = sorted(prefix) if isinstance(prefix, dict) else type(prefix).__name__
+            raise MiniPeftError(f"prefix must be a dict with keys among {PREFIX_KEYS}; got {got}")
+        prefix = prefix or {}
+        if encoder_out is None:
+            B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
+            if attention_mask is not None:
+                check_attention_mask("attention_mask", attention_mask, (B, T),
+                                     every_row_real=prompt is None and "cross" not in prefix)  # else keys to attend to
+            if prompt is not None:
+                check_hook_tensor("prompt", prompt, (B, None, cfg.d_model), device, dtype)
+        else:
+            if input_ids is not None or attention_mask is not None or prompt is not None or "encoder" in prefix:
+                raise MiniPeftError("encoder_out replaces input_ids, attention_mask, prompt and prefix['encoder'] "
+                                    "(give those to encode()); pass either encoder_out or input_ids")
+            if not isinstance(encoder_out, (tuple, list)) or len(encoder_out) != 2:
+                raise MiniPeftError("encoder_out must be the (hidden, mask) pair that encode() returns")
+            hidden, mask = encoder_out
+            if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[-1] != cfg.d_model:
+                raise MiniPeftError(f"encoder_out hidden must be [batch, seq, {cfg.d_model}]")
+            if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(hidden.shape[:2]):
+                raise MiniPeftError(f"encoder_out mask must be [batch, seq] = {list(hidden.shape[:2])}")
+            B = hidden.shape[0]
+        for key, n_layer in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers), ("cross", cfg.num_decoder_layers)):
+            if key in prefix:
+                check_prefix(f"prefix[{key!r}]", prefix[key], n_layer, B, cfg.num_heads, cfg.d_kv, device, dtype)
+        if not decoding:
+            return B, None
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+                raise MiniPeftError("labels must be a 2-D torch.long tensor [batch, seq] (-100 where no loss is wanted)")
+            check_labels(labels, labels.shape, cfg.vocab_size)
+            if decoder_input_ids is None:
+                decoder_input_ids = shift_right(labels)
+        if decoder_input_ids is None:
+            raise MiniPeftError("give decoder_input_ids, or labels (then decoder_input_ids = shift_right(labels))")
+        Bd, Td = check_ids("decoder_input_ids", decoder_input_ids, cfg.vocab_size)
+        if Bd != B:
+            raise MiniPeftError(f"decoder_input_ids has batch {Bd}, the encoder input {B}")
+        if decoder_attention_mask is not None:
+            check_attention_mask("decoder_attention_mask", decoder_attention_mask, (B, Td))
+        if labels is not None and tuple(labels.shape) != (B, Td):
+            raise MiniPeftError(f"labels must have the shape of decoder_input_ids {[B, Td]}; got {list(labels.shape)}")
+        return B, decoder_input_ids
+
+    def _check_hook_masks(self, B, prefix, prompt, prefix_mask, prompt_mask):
+        """Validate prefix_mask {site: [B or 1, P]} and prompt_mask [B or 1, P]; returns prefix_mask as a dict."""
+        prefix = prefix or {}
+        if prefix_mask is None:
+            prefix_mask = {}
+        if not isinstance(prefix_mask, dict) or not set(prefix_mask) <= set(prefix):
+            raise MiniPeftError(f"prefix_mask must be a dict over the prefix's sites {sorted(prefix)}")
+        checks = [(f"prefix_mask[{k!r}]", m, prefix[k][0][0].shape[2]) for k, m in prefix_mask.items()]
+        if prompt_mask is not None:
+            if prompt is None:
+                raise MiniPeftError("prompt_mask given without prompt")
+            checks.append(("prompt_mask", prompt_mask, prompt.shape[1]))
+        for name, m, P in checks:
+            check_slot_mask(name, m, B, P)
+        return prefix_mask
+
+    # ---- generation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, *, max_new_tokens=20, temperature=0.0, top_k=None,
+                 eos_token_id=EOS_ID, generator=None, prefix=None, prompt=None, bias_delta=None, prefix_mask=None,
+                 prompt_mask=None, positions="real"):
+        """Decode an answer to each row of input_ids (padding on either side is fine).
+
+        The encoder runs once, each decoder layer's cross-attention keys/values are computed once,
+        and the decoder's self-attention uses a KV cache. Greedy when temperature is 0, else
+        sampling (optionally top-k). Rows that emit eos_token_id stop (and are padded with it).
+        Returns [B, 1 + n_new] decoder tokens, starting with the start token 0, as transformers does.
+        positions: as in forward.
+        """
+        B, _ = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
+        check_positions(positions)
+        prefix, prefix_mask = prefix or {}, self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
+        max_new_tokens, temperature, top_k, eos_token_id = check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
+        cfg, w = self.config, self.shared.weight
+        start = input_ids.new_full((B, 1), PAD_ID)
+        with bias_deltas(self, bias_delta, B):
+            hidden, enc_valid = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
+                                             prefix_mask.get("encoder"), prompt_mask, positions=positions)
+            cross_kv = self._cross_kv(hidden)                                # once, not per step
+            cache = KVCache(cfg.num_decoder_layers, B, cfg.num_heads, max_new_tokens + 1, cfg.d_kv, device=w.device, dtype=w.dtype)
+            step = lambda tok: self._decode(tok, None, enc_valid, cross_kv, prefix, cache, prefix_mask,  # noqa: E731
+                                            positions=positions)[:, -1]
+            new = decode(step, step(start), max_new_tokens, eos_token_id=eos_token_id, temperature=temperature,
+                         top_k=top_k, generator=generator)
+        return torch.cat([start, new], dim=1)
+
+    # ---- checkpoints (Hugging Face layout, no Hugging Face code) -----------------------------
+
+    @classmethod
+    def from_pretrained(cls, path, *, dtype=torch.float32):
+        """Load T5 / T5 v1.1 / FLAN-T5 weights from a Hugging Face-layout folder (config.json +
+        model.safetensors or pytorch_model.bin, or a sharded index). Bias tensors in the file, as
+        save_pretrained writes them for enabled slots, are loaded into those slots. Returns the model in eval mode."""
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise MiniPeftError(f"{path} is not a folder; pass a T5 model folder (config.json + model.safetensors or pytorch_model.bin)")
+        hf, state = checkpoint.load_folder(path)
+        cfg = config_from_hf(hf, os.path.join(path, "config.json"))
+        checkpoint.check_count(state, r"encoder\.block\.(\d+)\.", cfg.num_layers, "num_layers", path)
+        checkpoint.check_count(state, r"decoder\.block\.(\d+)\.", cfg.num_decoder_layers, "num_decoder_layers", path)
+        state = _embeddings_and_head(state, cfg, path)
+        slots = {hf_name: ours for hf_name, ours, has_slot in _modules(cfg) if has_slot}
+        biases = {slots[k[:-5]] for k in state if k.endswith(".bias") and k[:-5] in slots}
+        with torch.device("meta"):  # shapes only: memory comes once the file is known to match
+            model = cls(cfg)
+        for name in biases:
+            model.get_submodule(name).enable_bias()
+        checkpoint.load_into(model, state, checkpoint_keys(cfg, biases), ignore=IGNORED_KEYS, source=path)
+        return model.to(dtype).eval()
+
+    def save_pretrained(self, folder):
+        """Write config.json + model.safetensors in the Hugging Face layout (loads in minipeft and
+        transformers). Present bias slots are written as `<module>.bias`; transformers' T5 has no
+        biases and ignores them."""
+        biases = {name.rsplit(".", 1)[0] for name, module, attr, _ in bias_slots(self) if getattr(module, attr) is not None}
+        os.makedirs(folder, exist_ok=True)
+        safetensors.save(os.path.join(folder, "model.safetensors"), checkpoint.state_from(self, checkpoint_keys(self.config, biases)),
+                         metadata={"format": "pt"})
+        checkpoint.write_json(os.path.join(folder, "config.json"), config_to_hf(self.config))
+
+
+# ---- checkpoint key map ------------------------------------------------------------------------
+
+IGNORED_KEYS = (r"decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight",)  # unused stray
+EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+
+
+def _modules(cfg):
+    """(checkpoint module, minipeft module, has a bias slot) for every weight of T5."""
+    out = [("shared", "shared", False)]
+    mlp = ("wi_0", "wi_1", "wo") if cfg.feed_forward == "gated-gelu" else ("wi", "wo")
+    for stack, n in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers)):
+        out.append((f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias", f"{stack}.relative_attention_bias", False))
+        attns = [("SelfAttention", "attn")] + ([("EncDecAttention", "cross")] if stack == "decoder" else [])
+        for i in range(n):
+            hf, ours = f"{stack}.block.{i}.layer", f"{stack}.blocks.{i}"
+            for j, (hf_attn, our_attn) in enumerate(attns):  # layer.0 self-attention, layer.1 cross-attention
+                out.append((f"{hf}.{j}.layer_norm", f"{ours}.{our_attn}_norm", True))
+                out += [(f"{hf}.{j}.{hf_attn}.{p}", f"{ours}.{our_attn}.{p}", True) for p in "qkvo"]
+            j = len(attns)                                   # then the MLP
+            out.append((f"{hf}.{j}.layer_norm", f"{ours}.mlp_norm", True))
+            out += [(f"{hf}.{j}.DenseReluDense.{p}", f"{ours}.mlp.{p}", True) for p in mlp]
+        out.append((f"{stack}.final_layer_norm", f"{stack}.final_norm", True))
+    if not cfg.tie_word_embeddings:
+        out.append(("lm_head", "lm_head", False))
+    return out
+
+
+def checkpoint_keys(cfg, biases=None):
+    """Explicit map between Hugging Face T5 keys and minipeft parameters (no transposes: all
+    nn.Linear [out, in]). T5 files have no biases; `biases` names the minipeft modules whose bias
+    slot is present (default: all of them when cfg.bias), stored as `<checkpoint module>.bias`."""
+    keys = []
+    for hf, ours, has_slot in _modules(cfg):
+        keys.append(Key(f"{hf}.weight", (f"{ours}.weight",)))
+        if has_slot and (cfg.bias if biases is None else ours in biases):
+            keys.append(Key(f"{hf}.bias", (f"{ours}.bias",)))
+    return keys
+
+
+def _embeddings_and_head(state, cfg, source):
+    """Fold the embedding's aliases into shared.weight; keep lm_head.weight only for an untied head."""
+    state = dict(state)
+    names = [k for k in EMBEDDING_KEYS if k in state]
+    if not names:
+        raise MiniPeftError(f"{source}: missing key(s) shared.weight (the token embedding; "
+                            f"encoder.embed_tokens.weight or decoder.embed_tokens.weight would do too)")
+    tensors = [state.pop(k) for k in names]
+    for name, t in zip(names[1:], tensors[1:]):
+        if t.shape != tensors[0].shape or not torch.equal(t, tensors[0]):
+            raise MiniPeftError(f"{source}: {name} differs from {names[0]}; T5's encoder and decoder share one embedding")
+    state["shared.weight"] = tensors[0]
+    if cfg.tie_word_embeddings:
+        head = state.pop("lm_head.weight", None)
+        if head is not None and (head.shape != tensors[0].shape or not torch.equal(head, tensors[0])):
+            raise MiniPeftError(f"{source}: lm_head.weight differs from {names[0]}, but the config ties the head to the "
+                                f"embedding (original T5); v1.1 / FLAN-T5 configs say tie_word_embeddings: false")
+    elif "lm_head.weight" not in state:
+        # transformers >= 5 ties every T5 head when saving a model whose head equals the embedding,
+        # and leaves lm_head.weight out of the file; the head is then the embedding, unscaled
+        state["lm_head.weight"] = tensors[0].clone()
+    return state
+
+
+def config_from_hf(hf, source):
+    """T5Config from a transformers T5 config.json dict, refusing what minipeft does not implement."""
+    req = checkpoint.require
+    vocab, d_model, d_kv, d_ff, n_layers, n_heads = (req(hf, source, f) for f in
+                                                     ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"))
+    n_dec = n_layers if hf.get("num_decoder_layers") is None else req(hf, source, "num_decoder_layers")
+    if hf.get("model_type", "t5") != "t5":
+        raise MiniPeftError(f"{source}: model_type is {hf.get('model_type')!r}; expected 't5'")
+    if hf.get("is_encoder_decoder", True) is not True:
+        raise MiniPeftError(f"{source}: is_encoder_decoder is {hf['is_encoder_decoder']!r}; minipeft's T5 is the encoder-decoder")
+    ff = hf.get("feed_forward_proj", "relu")
+    if ff not in FEED_FORWARD:
+        raise MiniPeftError(f"{source}: feed_forward_proj {ff!r} is not supported; minipeft implements 'relu' (T5) "
+                            f"and 'gated-gelu' (T5 v1.1, FLAN-T5)")
+    for field in ("decoder_start_token_id", "pad_token_id"):
+        if hf.get(field, PAD_ID) != PAD_ID:
+            raise MiniPeftError(f"{source}: {field} is {hf[field]!r}; T5 uses {PAD_ID}")
+    # transformers >= 5 records the family in scale_decoder_outputs (tie_word_embeddings is then always
+    # true); older configs say tie_word_embeddings: false for v1.1 / FLAN-T5
+    tied = hf["scale_decoder_outputs"] if "scale_decoder_outputs" in hf else hf.get("tie_word_embeddings", True)
+    dropout = hf.get("dropout_rate", 0.1)
+    cfg = T5Config(vocab_size=vocab, d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=n_layers, num_decoder_layers=n_dec,
+                   num_heads=n_heads, relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+                   relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+                   dropout=dropout if dropout is not None else 0.0, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+                   feed_forward=ff, tie_word_embeddings=tied)
+    return cfg.validate(source)
+
+
+def config_to_hf(cfg):
+    gated = cfg.feed_forward == "gated-gelu"
+    return {
+        "architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "is_encoder_decoder": True,
+        "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "d_kv": cfg.d_kv, "d_ff": cfg.d_ff,
+        "num_layers": cfg.num_layers, "num_decoder_layers": cfg.num_decoder_layers, "num_heads": cfg.num_heads,
+        "relative_attention_num_buckets": cfg.relative_attention_num_buckets,
+        "relative_attention_max_distance": cfg.relative_attention_max_distance,
+        "dropout_rate": cfg.dropout, "layer_norm_epsilon": cfg.layer_norm_eps, "initializer_factor": 1.0,
+        "feed_forward_proj": cfg.feed_forward, "dense_act_fn": "gelu_new" if gated else "relu", "is_gated_act": gated,
+        "tie_word_embeddings": cfg.tie_word_embeddings, "scale_decoder_outputs": cfg.tie_word_embeddings,
+        "decoder_start_token_id": PAD_ID, "pad_token_id": PAD_ID, "eos_token_id": EOS_ID,
+    }

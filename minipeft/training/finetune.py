@@ -1,0 +1,229 @@
+"""Fine-tuning a small model on the generated tasks with any method: what train_char.py and the
+paper reproductions (minipeft.experiments) share.
+
+A task is a list of (prompt, completion) pairs (tasks.e2e, tasks.sentiment). For GPT-2 one row is
+prompt + completion with the loss on the completion only; for T5 the prompt feeds the encoder and
+the completion is the decoder's target. Every method goes through the same loop:
+    full     every weight trains (the ceiling)
+    frozen   nothing trains (the floor)
+    bitfit / prefix / prompt   the adapters of this package
+"""
+
+import math
+import time
+
+import torch
+
+from ..methods.bitfit import BitFit
+from ..errors import MiniPeftError
+from ..models.layers import IGNORE
+from ..methods.prefix import PrefixTuning
+from ..methods.prompt import PromptTuning
+from .tasks import e2e, sentiment
+from .state import make_optimizer, step_seed
+
+METHODS = ("full", "frozen", "bitfit", "prefix", "prompt")
+# AdamW learning rates for the small char models; BitFit ~10x full fine-tuning, as the paper advises
+LEARNING_RATES = {"full": 1e-3, "bitfit": 1e-2, "prefix": 3e-3, "prompt": 3e-2}
+
+
+class Codec:
+    """Text <-> ids for a model: GPT-2 char models use the tokenizer's ids; T5 char models shift
+    them by 2 so that 0 (pad, the decoder start) and 1 (eos) stay free."""
+
+    def __init__(self, tokenizer, arch):
+        self.tokenizer, self.arch = tokenizer, arch
+        self.offset = 2 if arch == "t5" else 0
+
+    @property
+    def vocab_size(self):
+        return self.tokenizer.vocab_size + self.offset
+
+    def encode(self, text):
+        return [i + self.offset for i in self.tokenizer.encode(text)]
+
+    def decode(self, ids):
+        return self.tokenizer.decode([i - self.offset for i in ids if i >= self.offset])
+
+
+def make_method(method, model, *, n_prefix=10, n_prompt=20, prompt_init="random", terms="all", reparam=True,
+                where="all", init_ids=None, label_ids=None, n_ensemble=1, slots=None, seed=0):
+    """The module to train for `method` (the model itself for full/frozen)."""
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if method == "frozen":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+    if method == "bitfit":
+        return BitFit(model, terms, slots=slots)
+    if method == "prefix":
+        return PrefixTuning(model, n_prefix, reparam=reparam, where=where, init_ids=init_ids, hidden=512)
+    if method == "prompt":
+        return PromptTuning(model, n_prompt, prompt_init, label_ids=label_ids, text_ids=init_ids, n_ensemble=n_ensemble, seed=seed)
+    raise MiniPeftError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def task_data(n_train, n_val, seeds):
+    """(training mixture, E2E validation, sentiment validation) as (prompt, completion) pairs:
+    "source => " -> "target\n". seeds: the generators' seeds for (E2E train, sentiment train,
+    E2E validation, sentiment validation)."""
+    train = [(s + " => ", t + "\n") for s, t in e2e(n_train, seed=seeds[0])]
+    train += [(t + " => ", label + "\n") for t, label in sentiment(n_train, seed=seeds[1])]
+    e2e_val = [(s + " => ", t + "\n") for s, t in e2e(n_val, seed=seeds[2])]
+    sent_val = [(t + " => ", label + "\n") for t, label in sentiment(n_val, seed=seeds[3])]
+    return train, e2e_val, sent_val
+
+
+def batch(pairs, codec, max_len, device="cpu"):
+    """Tensors for a list of (prompt, completion): right-padded rows, loss on the completion only.
+
+    GPT: (ids, mask, labels, infix_at) where infix_at is the first completion index (for infix
+    prefixes). T5: (encoder ids, encoder mask, labels), labels padded with IGNORE (-100).
+    """
+    if codec.arch == "t5":
+        src = [codec.encode(p)[:max_len] for p, _ in pairs]
+        tgt = [codec.encode(c)[: max_len - 1] + [1] for _, c in pairs]  # eos
+        ids, mask = _pad(src, 0)
+        labels, _ = _pad(tgt, IGNORE)
+        return ids.to(device), mask.to(device), labels.to(device)
+    rows, starts = [], []
+    for prompt, completion in pairs:
+        p, c = codec.encode(prompt), codec.encode(completion)
+        p = p[-(max_len - 1):]                                    # keep the prompt's end
+        rows.append((p + c)[:max_len])
+        starts.append(len(p))
+    ids, mask = _pad(rows, 0)
+    labels = ids.masked_fill(~mask.bool(), IGNORE)
+    for i, s in enumerate(starts):
+        labels[i, :s] = IGNORE
+    return ids.to(device), mask.to(device), labels.to(device), torch.tensor(starts, device=device)
+
+
+def fit(module, max_len):
+    """max_len reduced so that a GPT-2's prompt/prefix slots plus the tokens fit in its context."""
+    base = getattr(module, "model", module)
+    if base.arch != "gpt":
+        return max_len
+    slots = module.prompt.shape[1] if isinstance(module, PromptTuning) else module.n_prefix if isinstance(module, PrefixTuning) else 0
+    return min(max_len, base.config.n_positions - slots)
+
+
+def _pad(rows, value):
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), value, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+def loss_of(module, tensors, codec):
+    """Mean completion loss of one batch for a model or adapter."""
+    if codec.arch == "t5":
+        ids, mask, labels = tensors
+        return module(ids, attention_mask=mask, labels=labels, return_logits=False)[1]
+    ids, mask, labels, starts = tensors
+    return module(ids, mask, labels=labels, return_logits=False, **_infix(module, starts))[1]
+
+
+def _infix(module, starts):
+    """An infix adapter's placement: just before the prompt's last token, the position that
+    predicts the completion's first token (in the paper that prediction comes from the infix's
+    own last activation; here the slots are keys/values, so that position must see them)."""
+    if isinstance(module, PrefixTuning) and module.where == "infix":
+        return {"infix_at": starts - 1}
+    return {}
+
+
+def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=160, seed=0, device="cpu", progress=None, log_every=10):
+    """Train `module` on (prompt, completion) pairs; returns the loss curve [(step, loss)].
+
+    Batches are a deterministic function of (seed, step). Stops with a MiniPeftError on a
+    non-finite loss (the caller keeps its last good state).
+    """
+    curve = []
+    if not any(p.requires_grad for p in module.parameters()):
+        return curve                                             # "frozen": nothing to train
+    opt = make_optimizer(module, lr)
+    max_len = fit(module, max_len)
+    module.train()
+    for step in range(steps):
+        g = torch.Generator().manual_seed(step_seed(seed, step))
+        picks = torch.randint(len(train), (batch_size,), generator=g).tolist()
+        loss = loss_of(module, batch([train[i] for i in picks], codec, max_len, device), codec)
+        if not math.isfinite(loss.item()):
+            raise MiniPeftError(f"the loss became {loss.item()} at step {step}; lower the learning rate (now {lr})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % log_every == 0 or step == steps - 1:
+            curve.append((step, loss.item()))
+        if progress is not None:
+            progress(step, loss.item())
+    module.eval()
+    return curve
+
+
+def n_targets(labels, arch):
+    """How many tokens a batch's loss averages over: the labels other than IGNORE, but for a GPT
+    not the first column (it predicts labels[:, 1:]; a T5 decoder predicts every label)."""
+    return int(((labels[:, 1:] if arch == "gpt" else labels) != IGNORE).sum())
+
+
+@torch.no_grad()
+def evaluate(module, data, codec, *, batch_size=32, max_len=160, device="cpu"):
+    """Mean completion loss per target token over `data` (each batch's mean weighted by its token count)."""
+    module.eval()
+    max_len = fit(module, max_len)
+    total, count = 0.0, 0
+    for i in range(0, len(data), batch_size):
+        tensors = batch(data[i:i + batch_size], codec, max_len, device)
+        n = n_targets(tensors[2], codec.arch)
+        if n:
+            total, count = total + loss_of(module, tensors, codec).item() * n, count + n
+    if not count:
+        raise MiniPeftError(f"nothing to evaluate: the {len(data)} examples have no completion tokens")
+    return total / count
+
+
+@torch.no_grad()
+def accuracy(module, data, codec, labels, *, batch_size=64, max_len=160, device="cpu"):
+    """Label-word classification accuracy: the label whose first token scores highest next.
+    For a prompt ensemble, returns (mean single-prompt accuracy, majority-vote accuracy)."""
+    from ..methods.prompt import class_scores
+    module.eval()
+    max_len = fit(module, max_len)
+    label_ids = [codec.encode(word) for word in labels]
+    single, voted, n = 0.0, 0.0, 0
+    for i in range(0, len(data), batch_size):
+        chunk = data[i:i + batch_size]
+        gold = torch.tensor([labels.index(c.strip()) for _, c in chunk], device=device)
+        if codec.arch == "t5":
+            ids, mask, _ = batch([(p, c) for p, c in chunk], codec, max_len, device)
+        else:
+            ids, mask = _pad([codec.encode(p)[-max_len:] for p, _ in chunk], 0)
+            ids, mask = ids.to(device), mask.to(device)
+        if isinstance(module, PromptTuning) and module.n_ensemble > 1:
+            per_prompt, vote = module.classify(ids, mask, label_ids)
+            single += (per_prompt == gold).float().mean(0).sum().item()
+            voted += (vote == gold).float().sum().item()
+        else:
+            pred = class_scores(module, ids, mask, label_ids, **_infix(module, mask.sum(1))).argmax(-1)
+            single += (pred == gold).float().sum().item()
+        n += len(chunk)
+    if isinstance(module, PromptTuning) and module.n_ensemble > 1:
+        return single / n, voted / n
+    return single / n
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,204 @@
+"""Training state that can be saved and resumed: the trainable tensors, the optimizer, the step, RNG;
+and what the training scripts share besides (batch seeds, Ctrl-C handling, argument checks).
+
+Works for an adapter (its own tensors only: the frozen base model is not copied) and for a plain
+model (full fine-tuning). Writes are atomic: a crash mid-save leaves the previous file intact.
+"""
+
+import os
+import re
+import signal
+
+import torch
+from tqdm import tqdm
+
+from ..methods.adapter import Adapter
+from ..io.atomic import atomic_write
+from ..errors import MiniPeftError
+
+
+def own_state(module):
+    """The tensors a resume needs: an adapter's own parameters/buffers, or a whole model's."""
+    state = module.state_dict()
+    if isinstance(module, Adapter):
+        state = {k: v for k, v in state.items() if not k.startswith("model.")}
+    return state
+
+
+def resolve_device(name):
+    """torch.device(name), checked usable here (CUDA present, the index exists), else a MiniPeftError."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MiniPeftError(f"{name!r} is not a torch device (try cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MiniPeftError(f"{name}: CUDA is not available on this machine (this torch build or driver has none); use cpu")
+    try:
+        torch.empty(1, device=device)
+    except Exception as e:  # e.g. cuda:3 on a machine with one GPU
+        raise MiniPeftError(f"{name}: cannot use it ({str(e).splitlines()[0]})") from None
+    return device
+
+
+def make_optimizer(module, lr, weight_decay=0.0, betas=(0.9, 0.999)):
+    """AdamW over the trainable parameters only: frozen tensors get no optimizer state.
+
+    Fused (one kernel per tensor) where torch has it for these parameters (CPU since torch 2.4,
+    CUDA): the same update up to rounding, several times faster than the default per-op loop,
+    which otherwise takes ~15% of a full fine-tuning step of GPT-2 on CPU.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise MiniPeftError("nothing to train: every parameter is frozen")
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
+    except RuntimeError:  # no fused kernel for this device/dtype or torch version
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+
+
+def step_seed(seed, step):
+    """The seed of one step's batch: a function of (seed, step) only, so a resumed run draws what a straight run would."""
+    return seed * 1_000_003 + step
+
+
+def rng_state():
+    """The global RNG states (dropout, random init draw from them), so that a resumed run continues
+    as a straight run would: the CPU generator's always, every CUDA device's once this process uses
+    CUDA (a CPU run does not start it, nor fail where the GPUs are taken)."""
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng, path):
+    """Set the global RNGs to what rng_state() returned (the CUDA ones when they were saved and CUDA is here)."""
+    if not isinstance(rng, dict) or not isinstance(rng.get("cpu"), torch.Tensor):
+        raise MiniPeftError(f"{path}: the training state's 'rng' lacks the CPU generator state (key 'cpu')")
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"][:torch.cuda.device_count()])
+
+
+def save_training_state(path, module, optimizer, step, **extra):
+    """Write {module, optimizer, step, rng, **extra} to path, atomically."""
+    with atomic_write(path) as f:
+        torch.save({"module": own_state(module), "optimizer": optimizer.state_dict(), "step": step,
+                    "rng": rng_state(), **extra}, f)
+
+
+def read_training_state(path):
+    """The dict save_training_state wrote to path, its keys checked; nothing is restored yet
+    (a caller can check what the state says, e.g. the run's arguments, before restore_training_state)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MiniPeftError(f"{path}: not a readable training state: the file is damaged or was not written by "
+                            f"torch.save (torch.load: {type(e).__name__}: {_first_sentence(e)})") from None
+    if not isinstance(saved, dict):
+        raise MiniPeftError(f"{path}: not a training state (expected a dict, got {type(saved).__name__})")
+    if "torch_rng" in saved:  # written before the CUDA states were saved too: the CPU state alone
+        saved["rng"] = {"cpu": saved.pop("torch_rng")}
+    missing = {"module", "optimizer", "step", "rng"} - set(saved)
+    if missing:
+        raise MiniPeftError(f"{path}: training state lacks {sorted(missing)} (save_training_state writes "
+                            "module, optimizer, step and rng)")
+    return saved
+
+
+def restore_training_state(saved, path, module, optimizer):
+    """Put what read_training_state(path) returned into module and optimizer, and the RNGs; returns saved.
+    The names and shapes are checked first, and the module is written last: a state whose
+    optimizer or RNG entry does not fit leaves the module's tensors as they were."""
+    own = own_state(module)
+    if not isinstance(saved["module"], dict):
+        raise MiniPeftError(f"{path}: the training state's 'module' is not a dict of tensors")
+    mismatch = _mismatch(saved["module"], own)
+    if mismatch:
+        raise MiniPeftError(f"{path}: the saved training state does not match this model/adapter ({mismatch})")
+    restore_rng(saved["rng"], path)
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise MiniPeftError(f"{path}: the optimizer state does not fit this model/adapter ({e})") from None
+    module.load_state_dict(saved["module"], strict=False)
+    return saved
+
+
+def load_training_state(path, module, optimizer):
+    """Restore what save_training_state wrote; returns the whole saved dict (with "step").
+    Everything is checked before the module is written (see restore_training_state)."""
+    return restore_training_state(read_training_state(path), path, module, optimizer)
+
+
+def _mismatch(saved, own):
+    """What differs between the saved tensors and this module's, in words ("" when nothing)."""
+    lacks, extra = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+    shapes = [k for k in own if k in saved and getattr(saved[k], "shape", None) != own[k].shape]
+    parts = []
+    if lacks:
+        parts.append(f"{len(lacks)} tensor(s) of this one are not in the state, e.g. {lacks[0]}")
+    if extra:
+        parts.append(f"{len(extra)} saved tensor(s) are not in this one, e.g. {extra[0]}")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} differ in shape, e.g. {k}: saved {list(getattr(saved[k], 'shape', []))}, "
+                     f"here {list(own[k].shape)}")
+    return "; ".join(parts)
+
+
+def _first_sentence(error):
+    """The first sentence of an exception's message, without terminal colour codes (torch's are long)."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    end = text.find(". ")
+    return text[:end + 1] if end >= 0 else text
+
+
+class CtrlC:
+    """While active, a first Ctrl-C asks the loop to stop after the current step (so the saved state
+    is whole); a second one interrupts at once."""
+
+    def __enter__(self):
+        self.requested = False
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl-C: stopping after this step (press again to stop at once, without saving)")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def check_run_args(parser, args, state_file):
+    """The arguments both training scripts share: --lr, --warmup, --stop-at, --seed, --data, --out,
+    --resume (state_file inside --out), --device. A bad one ends the run with one clear line
+    (parser.error: status 2), before anything is loaded."""
+    if args.lr is not None and not 0 < args.lr < float("inf"):
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    if args.warmup is not None and args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
+        parser.error(f"--stop-at must be between 1 and --steps ({args.steps}), got {args.stop_at}")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
+    if args.data is not None and os.path.isdir(args.data):
+        parser.error(f"--data {args.data} is a folder; give the data file itself")
+    if args.data is not None and not os.path.isfile(args.data):
+        parser.error(f"--data {args.data}: no such file")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out} is a file; give a folder")
+    if args.resume and not os.path.isfile(os.path.join(args.out, state_file)):
+        parser.error(f"--resume: no checkpoint in {args.out} (expected {os.path.join(args.out, state_file)})")
+    try:
+        resolve_device(args.device)
+    except MiniPeftError as e:
+        parser.error(f"--device: {e}")

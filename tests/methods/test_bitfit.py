@@ -1,0 +1,267 @@
+"""BitFit on GPT-2: what trains, what stays frozen, the paper's facts, merge and files."""
+
+import copy
+
+import pytest
+import torch
+
+from minipeft import GPT, BitFit, GPTConfig, MiniPeftError
+from minipeft.methods.adapter import fingerprint, last_token_index, same_base
+from minipeft.models.layers import bias_slots
+from tests.methods_common import GPT_TINY, nudge, snapshot, tiny_gpt, toy_batch, train
+
+
+def test_gpt2_small_report_is_the_real_bias_count():
+    adapter = BitFit(GPT(GPTConfig.named("gpt2")))
+    assert adapter.report() == "trainable 102,144 of 124,439,808 (0.082%)"
+
+
+@pytest.mark.parametrize("terms, per_layer", [
+    ("all", 3 * 32 + 32 + 128 + 32 + 2 * 32),   # q, k, v, attn_out, mlp_in, mlp_out, two norms
+    ("paper", 32 + 128),                        # query + mlp_in
+    (["query"], 32),
+    (["norm"], 2 * 32),
+])
+def test_trainable_count_matches_hand_count(terms, per_layer):
+    adapter = BitFit(tiny_gpt(), terms)
+    final_norm = 32 if terms in ("all", ["norm"]) else 0
+    assert sum(p.numel() for p in adapter.trainable_parameters()) == GPT_TINY["n_layer"] * per_layer + final_norm
+
+
+def test_only_chosen_biases_change_and_base_is_untouched():
+    model = tiny_gpt()
+    before = snapshot(model)
+    adapter = BitFit(model, ["query", "mlp_in"])
+    ids = toy_batch(61)
+    _, loss = adapter(ids, labels=ids)
+    loss.backward()
+    assert all(p.grad is None for p in model.parameters())  # the base gets no gradient at all
+    train(adapter, ids, steps=5)
+    after = snapshot(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)  # bit-identical base
+    merged = dict(adapter.merged().named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], merged[n])}
+    assert changed == {f"h.{i}.attn.c_attn.bias_query" for i in range(2)} | {f"h.{i}.mlp.c_fc.bias" for i in range(2)}
+
+
+def test_query_only_trains_exactly_the_query_slice_of_the_fused_projection(tmp_path):
+    model = tiny_gpt()
+    adapter = BitFit(model, ["query"])
+    ids = toy_batch(61)
+    train(adapter, ids, steps=5)
+    merged = adapter.merged()
+    merged.save_pretrained(tmp_path)  # the Hugging Face layout fuses q/k/v biases into c_attn.bias
+    from minipeft.io import safetensors
+    fused_before = torch.cat([model.h[0].attn.c_attn.bias_query, model.h[0].attn.c_attn.bias_key, model.h[0].attn.c_attn.bias_value])
+    fused_after = safetensors.load(tmp_path / "model.safetensors")[0]["h.0.attn.c_attn.bias"]
+    C = 32
+    assert not torch.equal(fused_after[:C], fused_before[:C])
+    assert torch.equal(fused_after[C:], fused_before[C:])
+
+
+def test_key_bias_gets_zero_gradient():
+    """Softmax ignores a constant added to every score of a query, and q . b_k is such a constant."""
+    model = tiny_gpt()
+    with torch.no_grad():  # sharp attention, so that the query bias matters
+        for block in model.h:
+            block.attn.c_attn.weight.normal_(0, 0.5)
+    adapter = BitFit(model, ["query", "key"])
+    ids = toy_batch(61)
+    _, loss = adapter(ids, labels=ids)
+    loss.backward()
+    grads = dict(zip(adapter.slots, (p.grad for p in adapter.deltas)))
+    for i in range(2):
+        key, query = grads[f"h.{i}.attn.c_attn.bias_key"], grads[f"h.{i}.attn.c_attn.bias_query"]
+        assert query.abs().max() > 1e-3
+        assert key.abs().max() < 1e-5 * query.abs().max()
+
+
+def test_merge_gives_the_same_outputs():
+    adapter = BitFit(tiny_gpt())
+    ids = toy_batch(61)
+    train(adapter, ids, steps=5)
+    with torch.no_grad():
+        assert (adapter.merged()(ids) - adapter(ids)).abs().max() < 1e-5
+
+
+def test_training_lowers_the_loss():
+    adapter = BitFit(tiny_gpt())
+    first, last = train(adapter, toy_batch(61), steps=60, lr=5e-2)
+    assert last < 0.3 * first
+
+
+def test_save_load_round_trip_and_wrong_base(tmp_path):
+    adapter = BitFit(tiny_gpt(), "paper")
+    ids = toy_batch(61)
+    train(adapter, ids, steps=3)
+    adapter.save(tmp_path / "a.safetensors")
+    assert (tmp_path / "a.safetensors").stat().st_size < 10_000  # a tiny bias-only file
+    again = BitFit.load(tiny_gpt(), tmp_path / "a.safetensors")
+    with torch.no_grad():
+        assert torch.equal(again(ids), adapter(ids))
+    with pytest.raises(MiniPeftError, match="different base model"):
+        BitFit.load(tiny_gpt(seed=1), tmp_path / "a.safetensors")
+
+
+def test_bad_terms():
+    with pytest.raises(MiniPeftError, match="unknown BitFit term"):
+        BitFit(tiny_gpt(), ["querry"])
+
+
+def test_every_slot_has_a_role():
+    roles = {role for _, _, _, role in bias_slots(tiny_gpt())}
+    assert roles == {"query", "key", "value", "attn_out", "mlp_in", "mlp_out", "norm"}
+
+
+def test_task_head_trains_with_the_biases_and_round_trips(tmp_path):
+    model = tiny_gpt()
+    adapter = BitFit(model, "paper", n_classes=3)
+    ids = toy_batch(61, batch=6)
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    from minipeft.training.state import make_optimizer
+    opt = make_optimizer(adapter, 5e-2)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(adapter.classify(ids, mask), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+    with torch.no_grad():  # the head reads the last real token's final hidden state
+        h = model(ids[1:2, :12], hidden=True, bias_delta=adapter.hooks(1)["bias_delta"])[0, -1]
+        assert (adapter.classify(ids, mask)[1] - adapter.head(h)).abs().max() < 1e-5
+    adapter.save(tmp_path / "h.safetensors")
+    again = BitFit.load(model, tmp_path / "h.safetensors")
+    assert torch.equal(again.classify(ids, mask), adapter.classify(ids, mask))
+    assert sum(p.numel() for p in adapter.trainable_parameters()) == 2 * (32 + 128) + 32 * 3 + 3
+
+
+@pytest.mark.parametrize("arch", ["gpt", "t5"])
+def test_bf16_model_trains_and_generates_like_fp32(arch):
+    from tests.methods_common import check_bf16_model, tiny_t5
+    a32, a16 = check_bf16_model(lambda m: BitFit(m, n_classes=3), tiny_gpt() if arch == "gpt" else tiny_t5())
+    assert all(p.dtype == torch.float32 for p in a16.trainable_parameters())  # the optimizer steps fp32 values
+    ids = toy_batch(61, batch=4)
+    c32, c16 = a32.classify(ids), a16.classify(ids)  # the bf16 hidden state goes into the fp32 head
+    assert c16.dtype == torch.float32
+    torch.testing.assert_close(c16, c32, rtol=5e-2, atol=5e-2)
+    c16.sum().backward()
+    assert a16.head.weight.grad.dtype == torch.float32 and bool(a16.head.weight.grad.isfinite().all())
+
+
+def test_classify_reads_the_last_real_token_with_left_or_right_padding():
+    adapter = nudge(BitFit(tiny_gpt(), "paper", n_classes=3))
+    ids = toy_batch(61, batch=2)
+    short = ids[0, :10]
+    right = torch.stack([torch.cat([short, torch.zeros(6, dtype=torch.long)]), ids[1]])
+    left = torch.stack([torch.cat([torch.zeros(6, dtype=torch.long), short]), ids[1]])
+    mask_right, mask_left = torch.ones_like(ids), torch.ones_like(ids)
+    mask_right[0, 10:] = 0
+    mask_left[0, :6] = 0
+    with torch.no_grad():
+        alone = adapter.classify(short[None])[0]
+        for batch, mask in ((right, mask_right), (left, mask_left)):
+            assert (adapter.classify(batch, mask)[0] - alone).abs().max() < 1e-5
+            assert (adapter.classify(batch, mask)[1] - adapter.classify(ids[1:])[0]).abs().max() < 1e-5
+        mask_left[0] = 0
+        with pytest.raises(MiniPeftError, match=r"attention_mask has rows \[0\] without any real token"):
+            adapter.classify(left, mask_left)
+
+
+def test_last_token_index_by_hand():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert last_token_index(torch.zeros(4, 5, dtype=torch.long), mask).tolist() == [2, 4, 2, 4]
+    assert last_token_index(torch.zeros(2, 5, dtype=torch.long)).tolist() == [4, 4]
+    with pytest.raises(MiniPeftError, match=r"attention_mask must have the shape of its ids \[4, 4\]"):
+        last_token_index(torch.zeros(4, 4, dtype=torch.long), mask)
+    with pytest.raises(MiniPeftError, match="input_ids is empty"):
+        last_token_index(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0))
+
+
+def test_bad_head_and_slot_arguments():
+    model = tiny_gpt()
+    for n_classes in (0, 1, -1, 2.0, True, "3"):
+        with pytest.raises(MiniPeftError, match=rf"n_classes must be an int >= 2 .*got {n_classes!r}"):
+            BitFit(model, n_classes=n_classes)
+    one = BitFit(model, slots="ln_f.bias")  # a single name is one slot, not its characters
+    assert one.slots == ["ln_f.bias"] and [p.shape for p in one.trainable_parameters()] == [(32,)]
+    with pytest.raises(MiniPeftError, match=r"not bias slots of this model: \['ln_f'\]"):
+        BitFit(model, slots="ln_f")
+    with pytest.raises(MiniPeftError, match=r"given more than once: \['ln_f.bias'\]"):
+        BitFit(model, slots=["ln_f.bias", "h.0.mlp.c_fc.bias", "ln_f.bias"])
+    with pytest.raises(MiniPeftError, match="needs at least one bias slot"):
+        BitFit(model, slots=[])
+
+
+def _fingerprint_v1(model):
+    """The fingerprint files written before the weight sample: four keys, the hash over the weights as stored."""
+    import hashlib
+    import json
+    params = dict(model.named_parameters())
+    h = hashlib.sha256()
+    for name in sorted(params)[:: max(1, len(params) // 8)]:
+        h.update(name.encode())
+        h.update(params[name].detach().reshape(-1)[:256].float().numpy().tobytes())
+    shapes = json.dumps({n: list(p.shape) for n, p in params.items()}, sort_keys=True).encode()
+    return {"arch": model.arch, "n_parameters": sum(p.numel() for p in params.values()),
+            "shapes_sha256": hashlib.sha256(shapes).hexdigest()[:16], "weights_sha256": h.hexdigest()[:16]}
+
+
+def test_adapter_loads_onto_its_base_in_another_dtype_but_not_onto_other_weights(tmp_path):
+    model = tiny_gpt()
+    adapter = nudge(BitFit(model, "paper"))
+    adapter.save(tmp_path / "a.safetensors")
+    ids = toy_batch(61, batch=2)
+    for dtype in (torch.bfloat16, torch.float16):
+        again = BitFit.load(copy.deepcopy(model).to(dtype), tmp_path / "a.safetensors")
+        assert all(torch.equal(a, b) for a, b in zip(again.deltas, adapter.deltas))
+    with torch.no_grad():  # bf16: the same outputs up to bf16 rounding
+        again = BitFit.load(copy.deepcopy(model).to(torch.bfloat16), tmp_path / "a.safetensors")
+        torch.testing.assert_close(again(ids).float(), adapter(ids), rtol=0, atol=0.1)
+    with pytest.raises(MiniPeftError, match="trained on a different base model .*load the base model it was trained on"):
+        BitFit.load(tiny_gpt(seed=1).to(torch.bfloat16), tmp_path / "a.safetensors")
+    near = copy.deepcopy(model)  # one tenth of a typical weight's size, everywhere: other weights
+    with torch.no_grad():
+        for p in near.parameters():
+            p.add_(torch.randn_like(p) * 0.1 * p.std().clamp(min=1e-3))
+    assert not same_base(fingerprint(near), fingerprint(model))
+    assert same_base(fingerprint(copy.deepcopy(model).half()), fingerprint(model))  # what AdapterBank compares
+
+
+def test_fingerprints_tell_weights_apart_exactly_in_every_dtype():
+    """Same weights in fp32 / fp16 / bf16 (either way round): the same base. Weights 0.5% off, or two
+    fresh models whose biases and norms are all 0 and 1 (only the matrices differ): not the same."""
+    torch.manual_seed(0)
+    fresh = GPT(GPTConfig.named("tiny"))
+    torch.manual_seed(1)
+    other_seed = GPT(GPTConfig.named("tiny"))
+    scaled = copy.deepcopy(fresh)
+    with torch.no_grad():
+        for p in scaled.parameters():
+            p.mul_(1.005)
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    for saved in dtypes:
+        for now in dtypes:
+            f = fingerprint(copy.deepcopy(fresh).to(saved))
+            assert same_base(f, fingerprint(copy.deepcopy(fresh).to(now))), (saved, now)
+            assert not same_base(f, fingerprint(copy.deepcopy(other_seed).to(now))), (saved, now)
+            assert not same_base(f, fingerprint(copy.deepcopy(scaled).to(now))), (saved, now)
+
+
+def test_old_format_fingerprint_still_loads(tmp_path):
+    import json
+    from minipeft.io import safetensors
+    model = tiny_gpt()
+    path = tmp_path / "old.safetensors"
+    nudge(BitFit(model, "paper")).save(path)
+    tensors, meta = safetensors.load(path)
+    safetensors.save(path, tensors, {**meta, "base": json.dumps(_fingerprint_v1(model), sort_keys=True)})
+    loaded = BitFit.load(model, path)
+    assert all(torch.equal(a, tensors[s]) for s, a in zip(loaded.slots, loaded.deltas))
+    with pytest.raises(MiniPeftError, match="or on this one in another dtype .*older minipeft.*torch.float32"):
+        BitFit.load(copy.deepcopy(model).to(torch.bfloat16), path)
+    for base in ([1, 2], {**_fingerprint_v1(model), "weights_sha256": "0" * 16, "sample": ["x"] * 72}, "null"):
+        assert not same_base(base, fingerprint(model))  # damaged: refused, never a crash

@@ -1,0 +1,166 @@
+"""Prompt Tuning on GPT-2: the four initialisations, ensembling in one batch, files."""
+
+import pytest
+import torch
+
+from minipeft import MiniPeftError, PromptTuning
+from minipeft.methods.adapter import FORMAT_VERSION
+from tests.methods_common import snapshot, tiny_gpt, toy_batch, train
+
+
+def test_random_init_is_uniform_in_half_interval():
+    p = PromptTuning(tiny_gpt(), 50).prompt
+    assert p.shape == (1, 50, 32) and p.min() >= -0.5 and p.max() <= 0.5 and p.std() > 0.2
+
+
+def test_vocab_init_samples_frequent_tokens():
+    model = tiny_gpt()
+    E = model.wte.weight
+    counts = torch.zeros(61)
+    counts[[4, 9, 20]] = 100  # only these are frequent; the top 5,000 of 61 are all, so restrict by a custom top
+    import minipeft.methods.prompt as mp
+    old, mp.TOP_VOCAB = mp.TOP_VOCAB, 3
+    try:
+        p = PromptTuning(model, 6, "vocab", token_counts=counts).prompt[0]
+    finally:
+        mp.TOP_VOCAB = old
+    for row in p:
+        assert any(torch.equal(row, E[i]) for i in (4, 9, 20))
+    p = PromptTuning(model, 6, "vocab").prompt[0]  # unknown frequencies: the first ids
+    assert all(any(torch.equal(row, E[i]) for i in range(61)) for row in p)
+
+
+def test_class_label_init_is_the_mean_of_label_token_embeddings():
+    model = tiny_gpt()
+    E = model.wte.weight
+    labels = [[5, 6], [11], [7, 8, 9]]
+    p = PromptTuning(model, 8, "labels", label_ids=labels).prompt[0]
+    for slot, ids in enumerate(labels):
+        assert torch.allclose(p[slot], E[ids].mean(0), atol=0, rtol=0)
+    assert all(any(torch.equal(row, E[i]) for i in range(61)) for row in p[3:])  # the rest from vocabulary
+    with pytest.raises(MiniPeftError, match="needs between 1 and n_prompt=2 labels"):
+        PromptTuning(model, 2, "labels", label_ids=labels)
+
+
+def test_text_init_equals_the_text_as_input():
+    model = tiny_gpt()
+    adapter = PromptTuning(model, 4, "text", text_ids=[3, 1, 4, 1])
+    ids = toy_batch(61, batch=2)
+    with torch.no_grad():
+        want = model(torch.cat([torch.tensor([[3, 1, 4, 1]] * 2), ids], 1))[:, 4:]
+        assert (adapter(ids) - want).abs().max() < 1e-5
+
+
+def test_only_the_prompt_trains_and_loss_drops():
+    model = tiny_gpt()
+    before = snapshot(model)
+    adapter = PromptTuning(model, 5)
+    first, last = train(adapter, toy_batch(61), steps=60, lr=0.3)
+    assert last < 0.6 * first
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert [p.shape for p in adapter.trainable_parameters()] == [(1, 5, 32)]
+
+
+def test_ensemble_in_one_batch_equals_separate_runs():
+    adapter = PromptTuning(tiny_gpt(), 4, "vocab", n_ensemble=3)
+    ids = toy_batch(61, batch=2)
+    with torch.no_grad():
+        together = adapter(ids).view(3, 2, ids.shape[1], -1)
+        for k in range(3):
+            assert (together[k] - adapter.member(k)(ids)).abs().max() < 1e-5
+
+
+def test_majority_vote():
+    adapter = PromptTuning(tiny_gpt(), 4, "vocab", n_ensemble=5)
+    ids = toy_batch(61, batch=6)
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    labels = [[3], [7], [8]]
+    per_prompt, voted = adapter.classify(ids, mask, labels)
+    assert per_prompt.shape == (5, 6)
+    for k in range(5):  # each member's own prediction, from its own run
+        single, _ = adapter.member(k).classify(ids, mask, labels)
+        assert torch.equal(single[0], per_prompt[k])
+    for b in range(6):
+        counts = torch.bincount(per_prompt[:, b], minlength=3)
+        assert counts[voted[b]] == counts.max()
+
+
+def test_save_load_and_file_errors(tmp_path):
+    import json
+    from minipeft.io import safetensors
+    adapter = PromptTuning(tiny_gpt(), 4)
+    path = tmp_path / "p.safetensors"
+    adapter.save(path)
+    again = PromptTuning.load(tiny_gpt(), path)
+    assert torch.equal(again.prompt, adapter.prompt)
+    tensors, meta = safetensors.load(path)
+    safetensors.save(path, tensors, {**meta, "minipeft_format": str(FORMAT_VERSION + 1)})
+    with pytest.raises(MiniPeftError, match="newer than this minipeft reads"):
+        PromptTuning.load(tiny_gpt(), path)
+    safetensors.save(path, {"prompt": torch.zeros(1, 5, 32)}, {**meta})
+    with pytest.raises(MiniPeftError, match=r"prompt has shape \[1, 5, 32\]; expected \[1, 4, 32\]"):
+        PromptTuning.load(tiny_gpt(), path)
+    safetensors.save(path, tensors, {"format": "pt"})
+    with pytest.raises(MiniPeftError, match="not a minipeft adapter file"):
+        PromptTuning.load(tiny_gpt(), path)
+    assert json.loads(meta["config"]) == {"n_prompt": 4, "n_ensemble": 1}
+    for n_prompt in (10**8, 2**50):  # ~13 GB, and more than any machine: refused before allocating either
+        safetensors.save(path, tensors, {**meta, "config": json.dumps({"n_prompt": n_prompt, "n_ensemble": 1})})
+        with pytest.raises(MiniPeftError, match=f"n_prompt={n_prompt} is larger than any dimension of the saved tensors"):
+            PromptTuning.load(tiny_gpt(), path)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "t5"])
+def test_bf16_model_trains_and_generates_like_fp32(arch):
+    from tests.methods_common import check_bf16_model, tiny_t5
+    _, a16 = check_bf16_model(lambda m: PromptTuning(m, 3), tiny_gpt() if arch == "gpt" else tiny_t5())
+    assert a16.prompt.dtype == torch.float32 and a16.hooks(1)["prompt"].dtype == torch.bfloat16
+
+
+def test_class_scores_read_the_last_real_token_with_left_or_right_padding():
+    from minipeft.methods.prompt import class_scores
+    adapter = PromptTuning(tiny_gpt(), 4, "vocab", n_ensemble=2)
+    ids = toy_batch(61, batch=2)
+    short = ids[0, :9]
+    pad = torch.zeros(7, dtype=torch.long)
+    right, left = torch.stack([torch.cat([short, pad]), ids[1]]), torch.stack([torch.cat([pad, short]), ids[1]])
+    mask_right, mask_left = torch.ones_like(ids), torch.ones_like(ids)
+    mask_right[0, 9:] = 0
+    mask_left[0, :7] = 0
+    labels = [[3], [7], [8]]
+    with torch.no_grad():
+        alone = class_scores(adapter, short[None], None, labels)                   # [K * 1, C]
+        other = class_scores(adapter, ids[1:], None, labels)
+        for batch, mask in ((right, mask_right), (left, mask_left)):
+            scores = class_scores(adapter, batch, mask, labels).view(2, 2, 3)      # [K, B, C]
+            assert (scores[:, 0] - alone).abs().max() < 1e-5
+            assert (scores[:, 1] - other).abs().max() < 1e-5
+            per_prompt, _ = adapter.classify(batch, mask, labels)
+            assert torch.equal(per_prompt[:, 0], alone.argmax(-1))
+
+
+def test_token_ids_as_tensors_or_lists():
+    model = tiny_gpt()
+    as_list = PromptTuning(model, 5, "text", text_ids=[3, 1, 4]).prompt
+    assert torch.equal(PromptTuning(model, 5, "text", text_ids=torch.tensor([3, 1, 4])).prompt, as_list)
+    labels = PromptTuning(model, 4, "labels", label_ids=[[5, 6], [11, 12]], seed=1).prompt
+    assert torch.equal(PromptTuning(model, 4, "labels", label_ids=torch.tensor([[5, 6], [11, 12]]), seed=1).prompt, labels)
+    one_token = PromptTuning(model, 4, "labels", label_ids=torch.tensor([5, 11]), seed=1).prompt  # C one-token labels
+    assert torch.equal(one_token, PromptTuning(model, 4, "labels", label_ids=[[5], [11]], seed=1).prompt)
+    for bad, message in [(torch.tensor([3.0, 1.0]), "must be token ids.*got torch.float32 tensor of shape \\[2\\]"),
+                         (torch.tensor([[3, 1]]), "must be token ids.*got torch.int64 tensor of shape \\[1, 2\\]"),
+                         ("hello", "must be token ids"), ([3, 61], r"ids outside the vocabulary \[0, 61\): \[3, 61\]"),
+                         (torch.tensor([], dtype=torch.long), "text_ids is empty")]:
+        with pytest.raises(MiniPeftError, match=message):
+            PromptTuning(model, 4, "text", text_ids=bad)
+    with pytest.raises(MiniPeftError, match=r"label_ids\[1\] has ids outside the vocabulary"):
+        PromptTuning(model, 4, "labels", label_ids=[[5], [-1]])
+
+
+def test_member_index_is_checked():
+    adapter = PromptTuning(tiny_gpt(), 4, "vocab", n_ensemble=3)
+    assert torch.equal(adapter.member(2).prompt, adapter.prompt[2:3])
+    for k in (-1, 3, 1.0):
+        with pytest.raises(MiniPeftError, match=rf"member k must be an int in \[0, 3\).*got {k!r}"):
+            adapter.member(k)
