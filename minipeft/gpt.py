@@ -427,10 +427,13 @@ def _strip_prefix(state):
 
 def config_from_hf(hf, source):
     """GPTConfig from a transformers GPT-2 config.json dict, refusing what minipeft does not implement."""
+    model_type = hf.get("model_type", "gpt2")  # first: another family's folder lacks GPT-2's fields
+    if model_type != "gpt2":
+        hint = "; load it with T5.from_pretrained" if model_type == "t5" else ""
+        raise MiniPeftError(f"{source}: model_type is {model_type!r}; GPT.from_pretrained reads GPT-2 folders "
+                            f"(model_type 'gpt2'){hint}")
     req = checkpoint.require
     vocab, n_pos, n_embd, n_layer, n_head = (req(hf, source, f) for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"))
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise MiniPeftError(f"{source}: model_type is {hf.get('model_type')!r}; expected 'gpt2'")
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise MiniPeftError(f"{source}: activation_function {hf['activation_function']!r} is not GPT-2's tanh GELU")
     for flag, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False)):
