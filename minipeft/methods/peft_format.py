@@ -21,16 +21,20 @@ from .prefix import PrefixTuning
 from .prompt import PromptTuning
 
 
+def model_fields(model):
+    """What peft's adapter_config.json records about the base model, as peft fills it in for `model`
+    (T5: its encoder's layers and heads; two submodules, encoder and decoder)."""
+    (n_layer, n_head, _), = list(model.prefix_sites().values())[:1]
+    return {"task_type": "SEQ_2_SEQ_LM" if model.arch == "t5" else "CAUSAL_LM",
+            "num_transformer_submodules": 2 if model.arch == "t5" else 1,
+            "num_layers": n_layer, "num_attention_heads": n_head, "token_dim": model.input_embeddings().weight.shape[1]}
+
+
 def save_peft(adapter, folder):
     """Write `adapter` in peft's format into `folder` (atomic writes)."""
     model = adapter.model
-    d_model = model.input_embeddings().weight.shape[1]
-    task_type = "SEQ_2_SEQ_LM" if model.arch == "t5" else "CAUSAL_LM"
-    n_sub = 2 if model.arch == "t5" else 1
-    (n_layer, n_head, _), = list(model.prefix_sites().values())[:1]
-    config = {"task_type": task_type, "num_transformer_submodules": n_sub, "token_dim": d_model,
-              "num_layers": n_layer, "num_attention_heads": n_head, "inference_mode": True,
-              "base_model_name_or_path": None, "revision": None}
+    config = {**model_fields(model), "inference_mode": True, "base_model_name_or_path": None, "revision": None}
+    d_model, n_sub = config["token_dim"], config["num_transformer_submodules"]
     if isinstance(adapter, PromptTuning):
         if adapter.n_ensemble != 1:
             raise MiniPeftError("peft has no prompt ensembles: save one member (.member(k)) at a time")
@@ -54,6 +58,7 @@ def load_peft(model, folder):
     folder = os.fspath(folder)
     cfg_path = os.path.join(folder, "adapter_config.json")
     cfg = checkpoint.read_json(cfg_path)
+    check_model_fields(cfg, cfg_path, model)
     kind = cfg.get("peft_type")
     weights = next((os.path.join(folder, f) for f in ("adapter_model.safetensors", "adapter_model.bin")
                     if os.path.isfile(os.path.join(folder, f))), None)
@@ -65,8 +70,6 @@ def load_peft(model, folder):
     table = state["prompt_embeddings"].float()
     P = checkpoint.require(cfg, cfg_path, "num_virtual_tokens")
     d_model = model.input_embeddings().weight.shape[1]
-    if cfg.get("token_dim", d_model) != d_model:
-        raise MiniPeftError(f"{cfg_path}: token_dim {cfg.get('token_dim')} does not match the model's width {d_model}")
     device = model.input_embeddings().weight.device
     if kind == "PROMPT_TUNING":
         if table.dim() != 2 or table.shape[0] < P or table.shape[1] != d_model:
@@ -87,3 +90,17 @@ def load_peft(model, folder):
         return adapter
     raise MiniPeftError(f"{cfg_path}: peft_type {kind!r} on {model.arch} is not one minipeft reads "
                         f"(PROMPT_TUNING on GPT-2/T5, PREFIX_TUNING on GPT-2)")
+
+
+def check_model_fields(cfg, cfg_path, model):
+    """Refuse a peft config made for another model: task type, submodules, layers, heads, width.
+
+    peft writes all five in every adapter_config.json it saves; a field absent (or null) in a
+    hand-written config is not checked, and the tensor's shape is still checked against the model."""
+    wrong = [f"{field} {cfg[field]!r:.60} (this model: {want!r})" for field, want in model_fields(model).items()
+             if cfg.get(field) is not None and (type(cfg[field]) is not type(want) or cfg[field] != want)]
+    if wrong:
+        name = "T5" if model.arch == "t5" else "GPT-2"
+        hint = " (peft's CAUSAL_LM adapters are for GPT-2, SEQ_2_SEQ_LM ones for T5)" if wrong[0].startswith("task_type") else ""
+        raise MiniPeftError(f"{cfg_path}: the adapter was made for another model than this {name}: {', '.join(wrong)}; "
+                            f"load it onto the model it was trained on{hint}")

@@ -18,7 +18,7 @@ computes. With no padding before a real token and no unused prompt/prefix slots 
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import torch
 import torch.nn as nn
@@ -41,9 +41,17 @@ class GPTConfig:
     n_layer: int = 12
     n_head: int = 12
     n_inner: int | None = None   # MLP width; None means 4 * n_embd
-    dropout: float = 0.0         # embedding, attention and residual dropout
+    dropout: InitVar[float | None] = None  # sets those of the three below not given (default 0.0)
     layer_norm_eps: float = 1e-5
     bias: bool = True            # start with bias slots present (GPT-2 has them)
+    embd_pdrop: float | None = None   # dropout on token + position embeddings      (transformers' names)
+    attn_pdrop: float | None = None   # dropout on the attention probabilities
+    resid_pdrop: float | None = None  # dropout on each attention and MLP output, before the residual add
+
+    def __post_init__(self, dropout):
+        for name in DROPOUTS:
+            if getattr(self, name) is None:
+                setattr(self, name, 0.0 if dropout is None else dropout)
 
     @classmethod
     def named(cls, name, **overrides):
@@ -59,6 +67,10 @@ class GPTConfig:
     def mlp_dim(self):
         return self.n_inner or 4 * self.n_embd
 
+    @property
+    def any_dropout(self):
+        return max(self.embd_pdrop, self.attn_pdrop, self.resid_pdrop) > 0
+
     def validate(self, source="GPTConfig"):
         for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             value = getattr(self, f)
@@ -68,9 +80,14 @@ class GPTConfig:
             raise MiniPeftError(f"{source}: n_inner must be a positive integer or null, got {self.n_inner!r}")
         if self.n_embd % self.n_head:
             raise MiniPeftError(f"{source}: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
-            raise MiniPeftError(f"{source}: dropout must be in [0, 1), got {self.dropout!r}")
+        for name in DROPOUTS:
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not 0 <= value < 1:
+                raise MiniPeftError(f"{source}: {name} must be in [0, 1), got {value!r}")
         return self
+
+
+DROPOUTS = ("embd_pdrop", "attn_pdrop", "resid_pdrop")
 
 
 SIZES = {
@@ -87,17 +104,17 @@ class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         C = cfg.n_embd
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.n_head, self.attn_pdrop = cfg.n_head, cfg.attn_pdrop
         self.c_attn = Linear(C, {"query": C, "key": C, "value": C}, bias=cfg.bias)  # fused q/k/v
         self.c_proj = Linear(C, {"attn_out": C}, bias=cfg.bias)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = nn.Dropout(cfg.resid_pdrop)
 
     def forward(self, x, mask, is_causal, prefix, cache, layer):
         q, k, v = (split_heads(t, self.n_head) for t in self.c_attn(x).chunk(3, dim=-1))  # [B, H, T, D]
         if cache is not None:
             k, v = cache.update(layer, k, v)
         y = attend(q, k, v, prefix=prefix, mask=mask, is_causal=is_causal,
-                   dropout_p=self.dropout if self.training else 0.0)
+                   dropout_p=self.attn_pdrop if self.training else 0.0)  # on the attention probabilities
         return self.resid_dropout(self.c_proj(merge_heads(y)))
 
 
@@ -106,7 +123,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = Linear(cfg.n_embd, {"mlp_in": cfg.mlp_dim}, bias=cfg.bias)
         self.c_proj = Linear(cfg.mlp_dim, {"mlp_out": cfg.n_embd}, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(cfg.resid_pdrop)
 
     def forward(self, x):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's GELU
@@ -142,7 +159,7 @@ class GPT(nn.Module):
         self.config = cfg.validate()
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # also the LM head (tied)
         self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(cfg.embd_pdrop)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_eps, cfg.bias)
         self.apply(self._init_weights)
@@ -224,7 +241,7 @@ class GPT(nn.Module):
         B, T = input_ids.shape
         if B == 1 or prompt is None or prompt.shape[0] != 1 or prompt_mask is not None or cache is not None:
             return False
-        if prefix_mask is not None or prefix_start is not None or (self.training and self.config.dropout > 0):
+        if prefix_mask is not None or prefix_start is not None or (self.training and self.config.any_dropout):
             return False
         if (positions == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all())) or \
                 (bias_delta and any(d.dim() == 2 for d in bias_delta.values())):
@@ -440,10 +457,13 @@ def _strip_prefix(state):
 
 def config_from_hf(hf, source):
     """GPTConfig from a transformers GPT-2 config.json dict, refusing what minipeft does not implement."""
+    model_type = hf.get("model_type", "gpt2")  # first: another family's folder lacks GPT-2's fields
+    if model_type != "gpt2":
+        hint = "; load it with T5.from_pretrained" if model_type == "t5" else ""
+        raise MiniPeftError(f"{source}: model_type is {model_type!r}; GPT.from_pretrained reads GPT-2 folders "
+                            f"(model_type 'gpt2'){hint}")
     req = checkpoint.require
     vocab, n_pos, n_embd, n_layer, n_head = (req(hf, source, f) for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"))
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise MiniPeftError(f"{source}: model_type is {hf.get('model_type')!r}; expected 'gpt2'")
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise MiniPeftError(f"{source}: activation_function {hf['activation_function']!r} is not GPT-2's tanh GELU")
     for flag, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False), ("reorder_and_upcast_attn", False)):
@@ -454,8 +474,12 @@ def config_from_hf(hf, source):
     eps = hf.get("layer_norm_epsilon", 1e-5)
     if type(eps) not in (int, float) or not 0 < eps < 1:
         raise MiniPeftError(f"{source}: layer_norm_epsilon must be a small positive number, got {eps!r}")
+    dropouts = {d: hf.get(d, 0.1) for d in DROPOUTS}  # 0.1 where absent, as transformers reads it
+    for name, p in dropouts.items():
+        if p is None:  # GPTConfig would read None as "not given"
+            raise MiniPeftError(f"{source}: {name} must be in [0, 1), got None")
     cfg = GPTConfig(vocab_size=vocab, n_positions=n_pos, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                    n_inner=hf.get("n_inner"), layer_norm_eps=float(eps), dropout=hf.get("resid_pdrop", 0.0))
+                    n_inner=hf.get("n_inner"), layer_norm_eps=float(eps), **dropouts)
     return cfg.validate(source)
 
 
@@ -465,7 +489,7 @@ def config_to_hf(cfg):
         "vocab_size": cfg.vocab_size, "n_positions": cfg.n_positions, "n_embd": cfg.n_embd,
         "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": cfg.n_inner,
         "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layer_norm_eps,
-        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.embd_pdrop, "attn_pdrop": cfg.attn_pdrop, "resid_pdrop": cfg.resid_pdrop,
         "tie_word_embeddings": True,
     }
 

@@ -643,12 +643,15 @@ def _embeddings_and_head(state, cfg, source):
 
 def config_from_hf(hf, source):
     """T5Config from a transformers T5 config.json dict, refusing what minipeft does not implement."""
+    model_type = hf.get("model_type", "t5")  # first: another family's folder lacks T5's fields
+    if model_type != "t5":
+        hint = "; load it with GPT.from_pretrained" if model_type == "gpt2" else ""
+        raise MiniPeftError(f"{source}: model_type is {model_type!r}; T5.from_pretrained reads T5 folders "
+                            f"(model_type 't5'){hint}")
     req = checkpoint.require
     vocab, d_model, d_kv, d_ff, n_layers, n_heads = (req(hf, source, f) for f in
                                                      ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"))
     n_dec = n_layers if hf.get("num_decoder_layers") is None else req(hf, source, "num_decoder_layers")
-    if hf.get("model_type", "t5") != "t5":
-        raise MiniPeftError(f"{source}: model_type is {hf.get('model_type')!r}; expected 't5'")
     if hf.get("is_encoder_decoder", True) is not True:
         raise MiniPeftError(f"{source}: is_encoder_decoder is {hf['is_encoder_decoder']!r}; minipeft's T5 is the encoder-decoder")
     ff = hf.get("feed_forward_proj", "relu")

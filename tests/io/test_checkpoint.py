@@ -117,3 +117,21 @@ def test_bin_weights_load_like_safetensors(folder):
     from_bin = GPT.from_pretrained(folder)
     ids = torch.randint(0, 40, (1, 5))
     assert torch.equal(from_bin(ids), from_safetensors(ids))
+
+
+def test_each_loader_names_the_other_family_it_finds(tmp_path, folder):
+    """A T5 folder given to GPT.from_pretrained (or a GPT-2 folder to T5's) names the model_type it
+    found and the loader that reads it, not the first GPT-2 (T5) field the config lacks."""
+    from minipeft import T5, T5Config
+    t5 = tmp_path / "t5"
+    T5(T5Config.named("tiny", num_layers=1, d_model=16, d_ff=16, d_kv=4, num_heads=2, vocab_size=20)).save_pretrained(t5)
+    with pytest.raises(MiniPeftError, match=r"model_type is 't5'; GPT.from_pretrained reads GPT-2 folders \(model_type "
+                                            r"'gpt2'\); load it with T5.from_pretrained"):
+        GPT.from_pretrained(t5)
+    with pytest.raises(MiniPeftError, match=r"model_type is 'gpt2'; T5.from_pretrained reads T5 folders \(model_type "
+                                            r"'t5'\); load it with GPT.from_pretrained"):
+        T5.from_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    with pytest.raises(MiniPeftError, match=r"model_type is 'llama'; GPT.from_pretrained reads GPT-2 folders \(model_type 'gpt2'\)$"):
+        GPT.from_pretrained(folder)

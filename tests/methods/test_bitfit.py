@@ -8,7 +8,7 @@ import torch
 from minipeft import GPT, BitFit, GPTConfig, MiniPeftError
 from minipeft.methods.adapter import fingerprint, last_token_index, same_base
 from minipeft.models.layers import bias_slots
-from tests.methods_common import GPT_TINY, nudge, snapshot, tiny_gpt, toy_batch, train
+from tests.methods_common import GPT_TINY, nudge, snapshot, tiny_gpt, tiny_t5, toy_batch, train
 
 
 def test_gpt2_small_report_is_the_real_bias_count():
@@ -238,10 +238,11 @@ def test_fingerprints_tell_weights_apart_exactly_in_every_dtype():
     fresh = GPT(GPTConfig.named("tiny"))
     torch.manual_seed(1)
     other_seed = GPT(GPTConfig.named("tiny"))
-    scaled = copy.deepcopy(fresh)
+    scaled, noisy = copy.deepcopy(fresh), copy.deepcopy(fresh)
     with torch.no_grad():
         for p in scaled.parameters():
             p.mul_(1.005)
+        noisy.wte.weight.add_(0.02 * torch.randn_like(noisy.wte.weight))  # only the embedding (the issue's case)
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
     for saved in dtypes:
         for now in dtypes:
@@ -249,6 +250,72 @@ def test_fingerprints_tell_weights_apart_exactly_in_every_dtype():
             assert same_base(f, fingerprint(copy.deepcopy(fresh).to(now))), (saved, now)
             assert not same_base(f, fingerprint(copy.deepcopy(other_seed).to(now))), (saved, now)
             assert not same_base(f, fingerprint(copy.deepcopy(scaled).to(now))), (saved, now)
+            assert not same_base(f, fingerprint(copy.deepcopy(noisy).to(now))), (saved, now)
+
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _as_in_a_file(f):
+    import json
+    return json.loads(json.dumps({k: v for k, v in f.items() if k != "sample"}))
+
+
+@pytest.mark.parametrize("make", [tiny_gpt, tiny_t5], ids=["gpt", "t5"])
+def test_a_change_to_any_one_tensor_is_refused_in_every_dtype_pair(make):
+    """Every parameter in turn: the weight matrix 0.5% larger, or the bias / norm vector moved by 0.1,
+    is another base model whichever dtypes the file and the model are in (nine pairs). One value of
+    it moved by 0.1 is too wherever the two share a dtype or one is fp32 (the hash over every tensor,
+    in the coarser dtype). The same weights in fp32, fp16 and bf16 are the same base in all nine."""
+    model = make()
+    saved = {d: _as_in_a_file(fingerprint(copy.deepcopy(model).to(d))) for d in DTYPES}
+    now = {d: copy.deepcopy(model).to(d) for d in DTYPES}  # changed in place below, then restored
+    for was in DTYPES:
+        for d in DTYPES:
+            assert same_base(saved[was], fingerprint(now[d])), (was, d)
+    for name, p in model.named_parameters():
+        whole, one = p.detach().clone(), p.detach().clone()
+        whole.mul_(1.005) if p.dim() >= 2 else whole.add_(0.1)
+        one.view(-1)[p.numel() // 2] += 0.1
+        for changed, every_pair in ((whole, True), (one, False)):
+            for d in DTYPES:
+                with torch.no_grad():
+                    now[d].get_parameter(name).copy_(changed)  # cast to d as .to(d) casts
+                for was in DTYPES:
+                    if every_pair or was == d or torch.float32 in (was, d):
+                        assert not same_base(saved[was], fingerprint(now[d])), (name, was, d, every_pair)
+                with torch.no_grad():
+                    now[d].get_parameter(name).copy_(p)
+    for was in DTYPES:
+        for d in DTYPES:
+            assert same_base(saved[was], fingerprint(now[d])), (was, d)  # restored: the same base again
+
+
+def test_fingerprint_is_computed_once_per_model_until_a_weight_changes(monkeypatch):
+    import minipeft.methods.adapter as adapter_module
+    computed = []
+    compute = adapter_module._compute_fingerprint
+    monkeypatch.setattr(adapter_module, "_compute_fingerprint", lambda *args: computed.append(1) or compute(*args))
+    model = tiny_gpt()
+    first = fingerprint(model)
+    first["dtype"] = "changed by the caller"  # a copy: the cache keeps its own
+    assert fingerprint(model)["dtype"] == "torch.float32" and len(computed) == 1
+    first = fingerprint(model)
+    w = model.h[1].mlp.c_fc.weight
+    changes = [lambda: model.h[0].ln_1.bias.add_(0.1),                   # in place (torch counts it)
+               lambda: setattr(w, "data", w.data * 1.005),               # a new tensor in the old one's place
+               lambda: model.load_state_dict(tiny_gpt(seed=1).state_dict())]
+    for n, change in enumerate(changes, start=2):
+        with torch.no_grad():
+            change()
+        assert not same_base(first, fingerprint(model)) and len(computed) == n
+        fingerprint(model)
+        assert len(computed) == n
+    model.load_state_dict(tiny_gpt().state_dict())
+    assert same_base(first, fingerprint(model)) and len(computed) == 5
+    model.to(torch.bfloat16)
+    assert fingerprint(model)["dtype"] == "torch.bfloat16" and same_base(first, fingerprint(model)) and len(computed) == 6
+    assert same_base(first, fingerprint(copy.deepcopy(model))) and len(computed) == 7  # another model object
 
 
 def test_old_format_fingerprint_still_loads(tmp_path):
@@ -263,5 +330,53 @@ def test_old_format_fingerprint_still_loads(tmp_path):
     assert all(torch.equal(a, tensors[s]) for s, a in zip(loaded.slots, loaded.deltas))
     with pytest.raises(MiniPeftError, match="or on this one in another dtype .*older minipeft.*torch.float32"):
         BitFit.load(copy.deepcopy(model).to(torch.bfloat16), path)
-    for base in ([1, 2], {**_fingerprint_v1(model), "weights_sha256": "0" * 16, "sample": ["x"] * 72}, "null"):
+    for base in ([1, 2], {**_fingerprint_v1(model), "weights_sha256": "0" * 16, "sample": ["x"] * 72}, "null",
+                 {**_fingerprint_v1(model), "weights_sha256": "0" * 16, "dtype": [1], "sample": [0.5] * 72}):
         assert not same_base(base, fingerprint(model))  # damaged: refused, never a crash
+
+
+def _fingerprint_v2(model):
+    """The fingerprint files written before the hash over every tensor: v1's, the dtype and a sample
+    of 8 values spread over each of ~8 weight matrices."""
+    params = dict(model.named_parameters())
+    matrices = sorted(n for n, p in params.items() if p.dim() >= 2)
+    sample = []
+    for name in matrices[:: max(1, len(matrices) // 8)]:
+        flat = params[name].detach().reshape(-1)
+        sample += flat[torch.arange(8) * (flat.numel() - 1) // 7].float().tolist()
+    return {**_fingerprint_v1(model), "dtype": str(next(iter(params.values())).dtype), "sample": sample}
+
+
+def test_files_with_the_older_sample_still_load(tmp_path):
+    """They compare as they did: the same model in the same dtype (or the sample within rounding in
+    another) loads; another model is refused."""
+    import json
+    from minipeft.io import safetensors
+    model = tiny_gpt()
+    path = tmp_path / "v2.safetensors"
+    nudge(BitFit(model, "paper")).save(path)
+    tensors, meta = safetensors.load(path)
+    safetensors.save(path, tensors, {**meta, "base": json.dumps(_fingerprint_v2(model), sort_keys=True)})
+    loaded = BitFit.load(model, path)
+    assert all(torch.equal(a, tensors[s]) for s, a in zip(loaded.slots, loaded.deltas))
+    BitFit.load(copy.deepcopy(model).to(torch.bfloat16), path)
+    with pytest.raises(MiniPeftError, match="trained on a different base model"):
+        BitFit.load(tiny_gpt(seed=1), path)
+
+
+def test_damaged_fingerprints_are_refused_never_a_crash():
+    model = tiny_gpt()
+    f16, b16 = (_as_in_a_file(fingerprint(copy.deepcopy(model).to(d))) for d in (torch.float16, torch.bfloat16))
+    current = fingerprint(copy.deepcopy(model).to(torch.bfloat16))
+    assert same_base(f16, current)
+    row = f16["tensor_stats"][0]
+    for damage in ({"tensors_sha256": [1]}, {"dtype": [1]}, {"dtype": "torch.float64"},
+                   {"tensor_stats": None}, {"tensor_stats": "x"}, {"tensor_stats": f16["tensor_stats"][1:]},
+                   {"tensor_stats": [[row[0], "1", *row[2:]]] + f16["tensor_stats"][1:]},
+                   {"tensor_stats": [[row[0] + 1, *row[1:]]] + f16["tensor_stats"][1:]},
+                   {"tensor_stats": [row[:-1]] + f16["tensor_stats"][1:]},
+                   {"tensor_stats": [[row[0], 10 ** 400, 10.0 ** 300, -1.0, float("nan")]] + f16["tensor_stats"][1:]},
+                   {"tensor_stats": [[row[0], float("inf"), float("inf"), float("inf"), float("inf")]] + f16["tensor_stats"][1:]}):
+        assert not same_base({**f16, **damage}, current), damage
+    for hashes in ({"torch.bfloat16": "0" * 16}, {}, {"torch.float16": current["tensors_sha256"]["torch.bfloat16"]}):
+        assert not same_base({**b16, "tensors_sha256": hashes}, current)  # the same dtype: the hash decides

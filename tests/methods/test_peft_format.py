@@ -219,3 +219,70 @@ def test_positions_is_checked(base, t5_base):
                  lambda: t5.encode(ids, positions="all"), lambda: t5.generate(ids, positions=["plain"])):
         with pytest.raises(MiniPeftError, match="positions must be 'real' .* or 'plain'"):
             call()
+
+
+# ---- a peft folder made for another model -------------------------------------------------------
+
+def _gpt_and_t5_of_one_size():
+    """A GPT-2 and a T5 of the same width, layers and heads: only the architecture tells them apart."""
+    from minipeft import GPTConfig, T5, T5Config
+    torch.manual_seed(0)
+    return (GPT(GPTConfig(**CFG)).eval(),
+            T5(T5Config.named("tiny", vocab_size=61, d_model=32, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4)).eval())
+
+
+def _peft_prompt_folder(model, folder):
+    """A prompt-tuning folder written by peft itself for the transformers twin of `model`."""
+    if model.arch == "gpt":
+        hf, task = transformers.GPT2LMHeadModel(transformers.GPT2Config(**CFG)), "CAUSAL_LM"
+    else:
+        c = model.config
+        hf = transformers.T5ForConditionalGeneration(transformers.T5Config(
+            vocab_size=c.vocab_size, d_model=c.d_model, d_kv=c.d_kv, d_ff=c.d_ff, num_layers=c.num_layers, num_heads=c.num_heads,
+            decoder_start_token_id=0))
+        task = "SEQ_2_SEQ_LM"
+    peft.get_peft_model(hf, peft.PromptTuningConfig(task_type=task, num_virtual_tokens=3)).save_pretrained(folder)
+    return folder
+
+
+def test_a_peft_folder_for_the_other_architecture_is_refused(tmp_path):
+    """Same width, layers and heads: a CAUSAL_LM prompt folder once loaded onto T5 (and a
+    SEQ_2_SEQ_LM one onto GPT-2) silently. The message names each field that differs."""
+    gpt, t5 = _gpt_and_t5_of_one_size()
+    causal, seq2seq = _peft_prompt_folder(gpt, tmp_path / "gpt"), _peft_prompt_folder(t5, tmp_path / "t5")
+    load_peft(gpt, causal), load_peft(t5, seq2seq)  # each onto its own model: fine
+    with pytest.raises(MiniPeftError, match=r"made for another model than this T5: task_type 'CAUSAL_LM' \(this model: "
+                                            r"'SEQ_2_SEQ_LM'\), num_transformer_submodules 1 \(this model: 2\); .*CAUSAL_LM "
+                                            r"adapters are for GPT-2"):
+        load_peft(t5, causal)
+    with pytest.raises(MiniPeftError, match=r"made for another model than this GPT-2: task_type 'SEQ_2_SEQ_LM' \(this model: "
+                                            r"'CAUSAL_LM'\), num_transformer_submodules 2 \(this model: 1\)"):
+        load_peft(gpt, seq2seq)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "t5"])
+@pytest.mark.parametrize("field, value", [("task_type", "SEQ_CLS"), ("num_transformer_submodules", 3), ("num_layers", 5),
+                                          ("num_attention_heads", 8), ("token_dim", 64), ("num_layers", True), ("num_layers", "2")])
+def test_each_model_field_of_a_peft_config_is_checked(tmp_path, arch, field, value):
+    import json
+    model = _gpt_and_t5_of_one_size()[arch == "t5"]
+    folder = _peft_prompt_folder(model, tmp_path)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(MiniPeftError, match=rf"adapter_config.json: the adapter was made for another model than this "
+                                            rf"{'T5' if arch == 't5' else 'GPT-2'}: {field} {value!r} \(this model: "):
+        load_peft(model, folder)
+
+
+def test_model_fields_absent_from_a_peft_config_are_not_checked(tmp_path):
+    """peft writes all five fields; a hand-written config may leave them out (or null): the adapter
+    loads, its tensor's shape still checked against the model."""
+    import json
+    gpt, _ = _gpt_and_t5_of_one_size()
+    folder = _peft_prompt_folder(gpt, tmp_path)
+    full = load_peft(gpt, folder).prompt.clone()
+    config = json.loads((folder / "adapter_config.json").read_text())
+    fields = ("task_type", "num_transformer_submodules", "num_layers", "num_attention_heads", "token_dim")
+    for absent in ({k: v for k, v in config.items() if k not in fields}, {**config, **dict.fromkeys(fields)}):
+        (folder / "adapter_config.json").write_text(json.dumps(absent))
+        assert torch.equal(load_peft(gpt, folder).prompt, full)

@@ -128,6 +128,50 @@ def test_save_pretrained_round_trip_and_transformers_reads_it(hf_pair, tmp_path)
         assert (hf2(ids).logits - hf(ids).logits).abs().max() == 0
 
 
+@pytest.mark.parametrize("which", ["embd_pdrop", "attn_pdrop", "resid_pdrop", "all three"])
+def test_each_dropout_is_read_and_applied_where_transformers_applies_it(tmp_path, which):
+    """GPT-2 has three dropouts: embd_pdrop on token + position embeddings, attn_pdrop on the
+    attention probabilities, resid_pdrop on each attention and MLP output. With one at a time (or
+    all three, different) in training mode and the same seed, minipeft's logits equal transformers'
+    (SDPA attention, as minipeft's): each is drawn at the same place, in the same order. They load
+    from transformers' config.json and round-trip through save_pretrained."""
+    rates = {"embd_pdrop": 0.3, "attn_pdrop": 0.2, "resid_pdrop": 0.1} if which == "all three" else {which: 0.25}
+    rates = {"embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0, **rates}
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**TINY, **rates, attn_implementation="sdpa"))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = GPT.from_pretrained(tmp_path / "hf")
+    assert {d: getattr(ours.config, d) for d in rates} == rates
+    ids = torch.randint(0, TINY["vocab_size"], (2, 11))
+    with torch.no_grad():
+        clean = ours(ids)
+        hf.train(), ours.train()
+        for seed in range(3):
+            torch.manual_seed(seed)
+            want = hf(ids).logits
+            torch.manual_seed(seed)
+            got = ours(ids)
+            assert (got - want).abs().max() < 1e-5, seed
+            assert (got - clean).abs().max() > 1e-2  # the dropout did act
+    ours.save_pretrained(tmp_path / "ours")
+    assert GPT.from_pretrained(tmp_path / "ours").config == ours.config
+    again = transformers.GPT2Config.from_pretrained(tmp_path / "ours")
+    assert {d: getattr(again, d) for d in rates} == rates
+
+
+def test_dropout_sets_the_three_not_given():
+    assert GPTConfig(dropout=0.1, attn_pdrop=0.0) == GPTConfig(embd_pdrop=0.1, attn_pdrop=0.0, resid_pdrop=0.1)
+    assert (GPTConfig().embd_pdrop, GPTConfig().attn_pdrop, GPTConfig().resid_pdrop) == (0.0, 0.0, 0.0)
+    with pytest.raises(MiniPeftError, match=r"attn_pdrop must be in \[0, 1\), got 1.5"):
+        GPT(GPTConfig(**TINY, attn_pdrop=1.5))
+    from minipeft.gpt import config_from_hf
+    absent = config_from_hf(dict(TINY), "config.json")  # transformers reads absent dropouts as its defaults
+    assert [getattr(absent, d) for d in ("embd_pdrop", "attn_pdrop", "resid_pdrop")] == \
+        [getattr(transformers.GPT2Config(), d) for d in ("embd_pdrop", "attn_pdrop", "resid_pdrop")]
+    with pytest.raises(MiniPeftError, match="config.json: embd_pdrop must be in .*got None"):
+        config_from_hf({**TINY, "embd_pdrop": None}, "config.json")
+
+
 def test_single_safetensors_file_infers_config(tmp_path):
     cfg = GPTConfig(vocab_size=50, n_positions=16, n_embd=128, n_layer=2, n_head=2)  # n_head = 128 // 64
     model = GPT(cfg).eval()
