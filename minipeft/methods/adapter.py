@@ -5,7 +5,8 @@ An adapter wraps a frozen model. Its own parameters produce the hook arguments o
 weights are never modified and never receive a gradient.
 
 Adapter file: safetensors with metadata
-  minipeft_format  "1"
+  minipeft_format  "2"  (format 1: BitFit files held deltas from the base biases, not the biases
+                   themselves; prefix and prompt files are the same in both; format 1 still loads)
   method           "bitfit" | "prefix" | "prompt"
   config           JSON of the method's settings
   base             JSON fingerprint of the base model (architecture, shapes, dtype, hashes over every weight;
@@ -29,7 +30,7 @@ from ..io import safetensors
 from ..errors import MiniPeftError
 from ..models.layers import check_attention_mask
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 # ---- the base model's fingerprint ----------------------------------------------------------------
@@ -232,7 +233,8 @@ def count_parameters(params):
 
 class Adapter(nn.Module):
     """Base class. Subclasses set `method`, define `settings()` (JSON-able dict), `hooks(batch)` and
-    `adapter_state()` / `load_adapter_state()` (the tensors an adapter file holds)."""
+    `adapter_state()` / `load_adapter_state()` (the tensors an adapter file holds) and, where the
+    tensors meant something else in an older format, `upgrade_loaded(version)`."""
 
     method = None
 
@@ -274,7 +276,7 @@ class Adapter(nn.Module):
     def load(cls, model, path):
         """Rebuild the adapter saved at `path` on `model`; refuses another method or another base model."""
         tensors, meta = safetensors.load(path)
-        check_adapter_metadata(meta, path, cls.method, model)
+        version = check_adapter_metadata(meta, path, cls.method, model)
         settings = json.loads(meta["config"])
         # every integer setting (n_prompt, n_ensemble, n_prefix, n_classes) is a dimension of a saved
         # tensor: a larger one is damage, refused before the adapter allocates anything for it
@@ -288,7 +290,11 @@ class Adapter(nn.Module):
         except (TypeError, ValueError, KeyError, RuntimeError) as e:  # settings written by hand or damaged (sizes torch cannot allocate)
             raise MiniPeftError(f"{path}: adapter settings {str(settings)[:200]} do not fit {cls.__name__} ({e})") from None
         adapter.load_adapter_state(tensors, path)
+        adapter.upgrade_loaded(version)
         return adapter
+
+    def upgrade_loaded(self, version):
+        """Turn tensors just loaded from a file of format `version` into what this format means by them."""
 
     def _load_named(self, tensors, expected, path):
         """Copy `tensors` into the parameters/buffers `expected` {name: tensor}, checking names and shapes."""
@@ -303,6 +309,7 @@ class Adapter(nn.Module):
 
 
 def check_adapter_metadata(meta, path, method, model):
+    """Refuse a file that is not an adapter of `method` for `model`; returns its format version."""
     if "minipeft_format" not in meta or "method" not in meta:
         raise MiniPeftError(f"{path}: not a minipeft adapter file (no minipeft_format/method metadata)")
     try:
@@ -327,6 +334,7 @@ def check_adapter_metadata(meta, path, method, model):
         base = _summary(base) if isinstance(base, dict) else base
         raise MiniPeftError(f"{path}: the adapter was trained on a different base model "
                             f"(saved {str(base)[:300]}, this model {shown}); load the base model it was trained on")
+    return version
 
 
 def _summary(fingerprint):

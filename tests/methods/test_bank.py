@@ -82,7 +82,7 @@ def test_bank_is_a_module_over_its_adapters():
         assert (first - noisy(ids)).abs().max() < 1e-5
     trainable = {id(p) for p in b.parameters() if p.requires_grad}
     assert trainable == {id(p) for a in b.adapters.values() for p in a.trainable_parameters()}
-    assert b.to(torch.float64).adapters["sst-2/bitfit"].deltas[0].dtype == torch.float64
+    assert b.to(torch.float64).adapters["sst-2/bitfit"].biases[0].dtype == torch.float64
 
 
 def test_bank_takes_a_copy_of_its_model_but_not_one_in_another_dtype():

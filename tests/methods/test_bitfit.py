@@ -69,7 +69,7 @@ def test_key_bias_gets_zero_gradient():
     ids = toy_batch(61)
     _, loss = adapter(ids, labels=ids)
     loss.backward()
-    grads = dict(zip(adapter.slots, (p.grad for p in adapter.deltas)))
+    grads = dict(zip(adapter.slots, (p.grad for p in adapter.biases)))
     for i in range(2):
         key, query = grads[f"h.{i}.attn.c_attn.bias_key"], grads[f"h.{i}.attn.c_attn.bias_query"]
         assert query.abs().max() > 1e-3
@@ -217,7 +217,7 @@ def test_adapter_loads_onto_its_base_in_another_dtype_but_not_onto_other_weights
     ids = toy_batch(61, batch=2)
     for dtype in (torch.bfloat16, torch.float16):
         again = BitFit.load(copy.deepcopy(model).to(dtype), tmp_path / "a.safetensors")
-        assert all(torch.equal(a, b) for a, b in zip(again.deltas, adapter.deltas))
+        assert all(torch.equal(a, b) for a, b in zip(again.biases, adapter.biases))
     with torch.no_grad():  # bf16: the same outputs up to bf16 rounding
         again = BitFit.load(copy.deepcopy(model).to(torch.bfloat16), tmp_path / "a.safetensors")
         torch.testing.assert_close(again(ids).float(), adapter(ids), rtol=0, atol=0.1)
@@ -327,7 +327,7 @@ def test_old_format_fingerprint_still_loads(tmp_path):
     tensors, meta = safetensors.load(path)
     safetensors.save(path, tensors, {**meta, "base": json.dumps(_fingerprint_v1(model), sort_keys=True)})
     loaded = BitFit.load(model, path)
-    assert all(torch.equal(a, tensors[s]) for s, a in zip(loaded.slots, loaded.deltas))
+    assert all(torch.equal(a, tensors[s]) for s, a in zip(loaded.slots, loaded.biases))
     with pytest.raises(MiniPeftError, match="or on this one in another dtype .*older minipeft.*torch.float32"):
         BitFit.load(copy.deepcopy(model).to(torch.bfloat16), path)
     for base in ([1, 2], {**_fingerprint_v1(model), "weights_sha256": "0" * 16, "sample": ["x"] * 72}, "null",
@@ -358,7 +358,7 @@ def test_files_with_the_older_sample_still_load(tmp_path):
     tensors, meta = safetensors.load(path)
     safetensors.save(path, tensors, {**meta, "base": json.dumps(_fingerprint_v2(model), sort_keys=True)})
     loaded = BitFit.load(model, path)
-    assert all(torch.equal(a, tensors[s]) for s, a in zip(loaded.slots, loaded.deltas))
+    assert all(torch.equal(a, tensors[s]) for s, a in zip(loaded.slots, loaded.biases))
     BitFit.load(copy.deepcopy(model).to(torch.bfloat16), path)
     with pytest.raises(MiniPeftError, match="trained on a different base model"):
         BitFit.load(tiny_gpt(seed=1), path)
@@ -380,3 +380,101 @@ def test_damaged_fingerprints_are_refused_never_a_crash():
         assert not same_base({**f16, **damage}, current), damage
     for hashes in ({"torch.bfloat16": "0" * 16}, {}, {"torch.float16": current["tensors_sha256"]["torch.bfloat16"]}):
         assert not same_base({**b16, "tensors_sha256": hashes}, current)  # the same dtype: the hash decides
+
+
+# ---- BitFit trains the biases themselves: AdamW's weight decay as in transformers ---------------
+
+HF_TINY = dict(vocab_size=61, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+
+
+def _hf_gpt_and_ours(tmp_path):
+    """A transformers GPT-2 with random non-zero biases and minipeft's load of the same weights, both fp64."""
+    import transformers
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_TINY)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    hf.save_pretrained(tmp_path)
+    return hf.double(), GPT.from_pretrained(tmp_path).double()
+
+
+def _hf_bias(hf, slot):
+    """transformers' tensor for one minipeft bias slot (c_attn.bias is query, key and value in a row)."""
+    C = HF_TINY["n_embd"]
+    for i, role in enumerate(("query", "key", "value")):
+        if slot.endswith(f"c_attn.bias_{role}"):
+            return hf.get_parameter("transformer." + slot.removesuffix(f"_{role}"))[i * C:(i + 1) * C]
+    return hf.get_parameter("transformer." + slot)
+
+
+@pytest.mark.parametrize("terms", ["all", "paper"])
+def test_training_with_weight_decay_equals_training_the_biases_in_transformers(tmp_path, terms):
+    """20 AdamW steps (weight decay 0.1) of BitFit equal training the biases of a transformers GPT-2
+    whose other weights are frozen: every step's loss and the final biases agree to 1e-9 (absolute).
+    A delta trained from zero would decay towards the pretrained bias instead (up to 6e-3 off).
+    "paper" in transformers: c_attn.bias and c_fc.bias train, and the key/value thirds of c_attn.bias
+    are put back after every step (AdamW is elementwise, so the query third trains as if alone).
+    fp64: AdamW divides each step by the gradient's own size, so the key bias, whose gradient is
+    zero in theory, takes lr-sized steps on fp32 rounding noise (~2e-5 apart after 20 steps)."""
+    import torch.nn.functional as F
+    from minipeft.training.state import make_optimizer
+    hf, ours = _hf_gpt_and_ours(tmp_path)
+    adapter = BitFit(ours, terms).double()  # the own biases start as exact copies of the fp64 base
+    trained = (".bias",) if terms == "all" else ("c_attn.bias", "c_fc.bias")
+    for name, p in hf.named_parameters():
+        p.requires_grad_(name.endswith(trained))
+    C = HF_TINY["n_embd"]
+    frozen_key_value = [block.attn.c_attn.bias[C:].detach().clone() for block in hf.transformer.h]
+    opt_hf, opt = make_optimizer(hf, 1e-2, weight_decay=0.1), make_optimizer(adapter, 1e-2, weight_decay=0.1)
+    for step in range(20):
+        ids = torch.randint(0, HF_TINY["vocab_size"], (4, 16), generator=torch.Generator().manual_seed(step))
+        logits = hf(ids).logits  # transformers' own loss casts the logits to fp32: the same loss, in fp64
+        loss_hf = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        _, loss = adapter(ids, labels=ids)
+        assert abs(loss.item() - loss_hf.item()) < 1e-9, step
+        for o, lo in ((opt_hf, loss_hf), (opt, loss)):
+            o.zero_grad()
+            lo.backward()
+            o.step()
+        if terms == "paper":
+            with torch.no_grad():
+                for block, kv in zip(hf.transformer.h, frozen_key_value):
+                    block.attn.c_attn.bias[C:] = kv
+    merged = dict(adapter.merged().named_parameters())  # the trained biases, written into a copy of the model
+    start = dict(ours.named_parameters())
+    for slot in adapter.slots:
+        assert (merged[slot] - start[slot]).abs().max() > 1e-3, slot  # it trained
+        assert (merged[slot] - _hf_bias(hf, slot)).abs().max() < 1e-9, slot
+    untrained = {s for s, _, _, _ in bias_slots(ours)} - set(adapter.slots)
+    assert all(torch.equal(merged[s], _hf_bias(hf, s)) for s in untrained)  # terms="paper": the others never moved
+
+
+@pytest.mark.parametrize("arch", ["gpt", "t5"])
+def test_format_1_files_of_bias_deltas_still_load_as_base_plus_delta(tmp_path, arch):
+    """minipeft before format 2 saved BitFit as deltas from the base biases (T5: from its absent, zero
+    ones): such a file (built here by hand) loads as base + delta, with the outputs it gave then."""
+    import json
+    from minipeft.io import safetensors
+    from tests.methods_common import tiny_t5, toy_seq2seq
+    model = tiny_gpt() if arch == "gpt" else tiny_t5()
+    new = BitFit(model, n_classes=3)
+    new.save(tmp_path / "new.safetensors")
+    tensors, meta = safetensors.load(tmp_path / "new.safetensors")
+    assert meta["minipeft_format"] == "2" and all(torch.equal(tensors[s], b) for s, b in zip(new.slots, new.biases))
+    g = torch.Generator().manual_seed(0)
+    deltas = {s: torch.randn(b.shape, generator=g) * 0.1 for s, b in zip(new.slots, new.biases)}
+    old = {**deltas, "head.weight": torch.randn(3, 32, generator=g), "head.bias": torch.randn(3, generator=g)}
+    assert json.loads(meta["config"]) == {"slots": new.slots, "n_classes": 3}  # the settings format 1 wrote too
+    safetensors.save(tmp_path / "old.safetensors", old, {**meta, "minipeft_format": "1"})
+    loaded = BitFit.load(model, tmp_path / "old.safetensors")
+    frozen = {s: getattr(m, attr) for s, m, attr, _ in bias_slots(model)}
+    for s, b in zip(loaded.slots, loaded.biases):
+        assert torch.equal(b, deltas[s] if frozen[s] is None else frozen[s] + deltas[s]), s
+    inputs = (toy_batch(61, batch=3),) if arch == "gpt" else toy_seq2seq(61, batch=3)  # T5: encoder, decoder ids
+    with torch.no_grad():  # what format 1's adapter computed: the model, its biases + the saved deltas
+        then = model(*inputs, bias_delta=deltas)
+        torch.testing.assert_close(loaded(*inputs), then, rtol=0, atol=1e-6)
+        torch.testing.assert_close(loaded.merged()(*inputs), then, rtol=0, atol=1e-6)
+    assert torch.equal(loaded.head.weight, old["head.weight"])  # the head was always stored as itself

@@ -35,7 +35,7 @@ def test_bitfit_key_bias_gets_zero_gradient_in_every_attention():
     adapter = BitFit(tiny_t5(), ["query", "key"])
     ids, labels = toy_seq2seq(61)
     adapter(ids, labels=labels)[1].backward()
-    grads = dict(zip(adapter.slots, (p.grad for p in adapter.deltas)))
+    grads = dict(zip(adapter.slots, (p.grad for p in adapter.biases)))
     keys = [n for n in grads if n.endswith(".k.bias")]
     assert len(keys) == 2 + 2 * 3  # encoder self, decoder self and cross
     for name in keys:
