@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ..io import safetensors
 from ..errors import MiniPeftError
-from ..models.layers import check_attention_mask
+from ..checks import check_attention_mask
 
 FORMAT_VERSION = 2
 

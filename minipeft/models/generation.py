@@ -1,36 +1,7 @@
 """Token-by-token decoding shared by GPT-2 and T5: greedy or sampled, eos stop."""
 
-import math
-import numbers
-import operator
-
 import torch
 
-from ..errors import MiniPeftError
-
-
-def check_decoding(max_new_tokens, temperature, top_k, eos_token_id):
-    """Refuse bad generate() arguments before any computation (GPT-2 and T5 alike); returns them as
-    Python numbers (numpy and 0-d torch numbers are taken)."""
-    max_new_tokens = _integer("max_new_tokens", max_new_tokens, 0, "a non-negative integer")
-    top_k = None if top_k is None else _integer("top_k", top_k, 1, "None or an integer >= 1")
-    eos_token_id = None if eos_token_id is None else _integer("eos_token_id", eos_token_id, 0, "None or a token id (an integer >= 0)")
-    real = not isinstance(temperature, bool) and (isinstance(temperature, numbers.Real) or
-                                                  (isinstance(temperature, torch.Tensor) and temperature.numel() == 1))
-    if not real or not 0 <= float(temperature) < math.inf:
-        raise MiniPeftError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    return max_new_tokens, float(temperature), top_k, eos_token_id
-
-
-def _integer(name, x, minimum, what):
-    """x (an int, or a numpy / 0-d torch integer) as an int >= minimum, else a clear error."""
-    try:
-        value = None if isinstance(x, bool) else operator.index(x)
-    except TypeError:
-        value = None
-    if value is None or value < minimum:
-        raise MiniPeftError(f"{name} must be {what}, got {x!r}")
-    return value
 
 
 def pick_next(logits, temperature=0.0, top_k=None, generator=None):

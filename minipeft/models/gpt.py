@@ -26,11 +26,12 @@ import torch.nn.functional as F
 
 from ..io import checkpoint, safetensors
 from ..io.checkpoint import Key
+from ..checks import (IGNORE, check_attention_mask, check_decoding, check_hook_tensor, check_ids, check_labels,
+                      check_positions, check_prefix, check_slot_mask)
 from ..errors import MiniPeftError
-from .generation import check_decoding, decode
-from .layers import (IGNORE, KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, check_attention_mask, check_hook_tensor,
-                     check_ids, check_labels, check_positions, check_prefix, check_slot_mask, linear, linear_cross_entropy,
-                     merge_heads, split_heads)
+from ..speed import linear, linear_cross_entropy
+from .generation import decode
+from .layers import KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, merge_heads, split_heads
 
 
 @dataclass
@@ -327,6 +328,7 @@ class GPT(nn.Module):
         # predict token t+1 at t: shift the labels, not the logits (no copy of [B, T, vocab])
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
         if not return_logits:
+            # speed.linear_cross_entropy == F.cross_entropy(F.linear(x, wte), targets), without the logits
             return None, linear_cross_entropy(x.reshape(B * T, -1), self.wte.weight, targets.reshape(-1))
         logits = F.linear(x, self.wte.weight)
         return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
@@ -389,7 +391,7 @@ class GPT(nn.Module):
             prefix = prefix_mask = None
         every_step = dict(prefix=prefix, prefix_mask=prefix_mask, prefix_start=prefix_start, bias_delta=bias_delta, cache=cache,
                           hidden=True, positions=positions)
-        head = lambda h: linear(h[:, -1], w)  # noqa: E731  logits of the last position only, not of the whole prompt
+        head = lambda h: linear(h[:, -1], w)  # noqa: E731  last position only; speed.linear == F.linear
         first = head(self(input_ids, attention_mask, prompt=prompt, prompt_mask=prompt_mask, **every_step))
         new = decode(lambda tok: head(self(tok, **every_step)), first, max_new_tokens,
                      eos_token_id=eos_token_id, temperature=temperature, top_k=top_k, generator=generator)

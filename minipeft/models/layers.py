@@ -12,7 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checks import check_prefix, check_slot_mask
 from ..errors import MiniPeftError
+from ..speed import linear
 
 
 class BiasSlots(nn.Module):
@@ -71,100 +73,6 @@ class BiasSlots(nn.Module):
         return torch.cat([r if r is not None else self.weight.new_zeros(B, w) for r, w in zip(rows, self.parts.values())], -1)[:, None]
 
 
-def linear(x, weight, bias=None):
-    """F.linear, with a faster path for a few rows on the CPU (decoding, short batches).
-
-    There MKL runs a one-row product on one thread, and for up to a few dozen rows spends much of
-    its time repacking the weight, reading [out, in] weights at a fraction of the memory bandwidth.
-    Splitting the output rows into one block per thread and letting bmm run the blocks in parallel
-    computes the same dot products 1.3-2x faster (measured here for 1 to 64 rows, 2 threads). One
-    row (greedy decoding at batch 1) goes as block @ x.T, a matrix-vector product per thread:
-    GPT-2 small's decoding step 27.5 -> 21.2 ms; for more rows that form is slower.
-    """
-    k, (n_out, n_in) = torch.get_num_threads(), weight.shape
-    if x.device.type != "cpu" or k < 2 or x.shape[-1] != n_in or x.numel() > 64 * n_in or n_out < 64 * k:
-        return F.linear(x, weight, bias)
-    rows = x.numel() // n_in
-    per = n_out // k                                                   # k blocks of `per` outputs, remainder apart
-    blocks = weight[:k * per].view(k, per, n_in)                       # [k, per, n_in]
-    if rows == 1:  # decoding one row: block @ x.T reads each weight row once, in order (~1.3x faster again)
-        column = x.reshape(1, n_in).t()                                # [n_in, 1] view of the row: as a contiguous
-        y = torch.bmm(blocks, column.expand(k, n_in, 1)).view(1, k * per)  # [n_in, 1] it takes a 4x slower BLAS path
-    else:
-        y = torch.bmm(x.reshape(1, rows, n_in).expand(k, rows, n_in), blocks.transpose(1, 2))  # [k, rows, per]
-        y = y.transpose(0, 1).reshape(rows, k * per)
-    if k * per < n_out:
-        y = torch.cat([y, F.linear(x.reshape(rows, n_in), weight[k * per:])], dim=1)
-    if bias is not None:
-        y = y + bias.to(y.dtype)                                       # autocast: stay in bf16, as F.linear does
-    return y.view(*x.shape[:-1], n_out)
-
-
-IGNORE = -100  # label of positions without a loss (as in transformers)
-
-
-def linear_cross_entropy(x, weight, targets, *, chunk_elements=2 ** 26):
-    """Mean cross-entropy of the logits x @ weight.T against targets, without keeping the logits.
-
-    x [N, C], weight [vocab, C], targets [N] (IGNORE where no loss is wanted). The usual
-    F.cross_entropy(F.linear(x, weight), targets) keeps [N, vocab] logits, their log-softmax and,
-    in backward, a gradient of the same size (three times 103 MB for GPT-2 at 4 x 128 tokens,
-    4.9 GB at 8 x 1024). Here each chunk of rows (at most chunk_elements logits, 256 MB in fp32)
-    is turned into its loss and, when gradients are wanted, straight into d loss / d x and
-    d loss / d weight (softmax - one_hot, written over the chunk's logits: one [vocab, rows]
-    buffer in all); backward only rescales them. Same loss and gradients as the usual pair, up to
-    float rounding (first order only: no double backward).
-    The logits are computed as weight @ x.T, [vocab, rows], the softmax reducing over dim 0: MKL
-    runs that product ~1.3x faster than x @ weight.T at GPT-2's sizes (217-245 vs 329 ms for
-    512 rows, 2 threads), 3-4% of a whole BitFit or full fine-tuning step.
-    """
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or targets.shape != (x.shape[0],):
-        raise MiniPeftError(f"linear_cross_entropy needs x [N, C], weight [vocab, C] and targets [N]; got "
-                            f"{list(x.shape)}, {list(weight.shape)} and {list(targets.shape)}")
-    need_x = torch.is_grad_enabled() and x.requires_grad
-    need_w = torch.is_grad_enabled() and weight.requires_grad
-    return _LinearCrossEntropy.apply(x, weight, targets, need_x, need_w, max(1, chunk_elements // weight.shape[0]))
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """forward computes the summed loss and its gradients; backward only scales them by grad / n_valid."""
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, need_x, need_w, rows):
-        valid = targets != IGNORE
-        n_valid = valid.sum()
-        total = x.new_zeros((), dtype=torch.float32)
-        grad_x = torch.empty_like(x) if need_x else None       # every row written below
-        grad_w = torch.zeros_like(weight) if need_w else None
-        for start in range(0, x.shape[0], rows):
-            xc, keep = x[start:start + rows], valid[start:start + rows]
-            tc = targets[start:start + rows].clamp(min=0)                    # ignored rows: any id, masked below
-            z = torch.mm(weight, xc.t()).float()                            # [vocab, n] logits, the one big buffer
-            z -= z.amax(dim=0, keepdim=True)                                 # shifted, so that exp cannot overflow
-            picked = z.gather(0, tc[None])[0]                                # the target's shifted logit
-            p = z.exp_()                                                     # in place: no second [vocab, n]
-            norm = p.sum(dim=0)                                              # loss = log(norm) - picked
-            total += ((norm.log() - picked) * keep).sum()
-            if need_x or need_w:
-                grad = p.div_(norm)                                          # softmax
-                grad.scatter_add_(0, tc[None], -keep[None].to(grad.dtype))   # - one_hot(target)
-                grad = grad.mul_(keep).to(x.dtype)                           # ignored rows: no gradient
-                if need_x:
-                    grad_x[start:start + rows] = grad.t() @ weight
-                if need_w:
-                    grad_w.addmm_(grad.to(grad_w.dtype), xc.to(grad_w.dtype))
-        ctx.save_for_backward(grad_x, grad_w, n_valid, weight)  # weight: so that editing it in place before backward is an error
-        return total / n_valid
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss):
-        grad_x, grad_w, n_valid, _ = ctx.saved_tensors
-        scale = grad_loss / n_valid.clamp(min=1)  # nothing to score: zero gradients, as F.cross_entropy gives
-        return (None if grad_x is None else grad_x * scale.to(grad_x.dtype),
-                None if grad_w is None else grad_w * scale.to(grad_w.dtype), None, None, None, None)
-
-
 class Linear(BiasSlots):
     """y = x @ weight.T + bias, output split into parts {role: width}, each with its own bias slot,
     e.g. {"query": C, "key": C, "value": C} (GPT-2's fused c_attn) or {"mlp_in": 4C}."""
@@ -175,7 +83,7 @@ class Linear(BiasSlots):
         self._init_slots(parts, bias)
 
     def forward(self, x):
-        y = linear(x, self.weight, self.full_bias())  # bias slots included in the product's call
+        y = linear(x, self.weight, self.full_bias())  # == F.linear (speed.linear: faster for a few rows)
         rows = self.row_delta()
         return y if rows is None else y + rows
 
@@ -369,87 +277,3 @@ class KVCache:
     def advance(self, valid):
         self.length += valid.shape[1]
         self.seen += valid.sum(1)
-
-
-# ---- input checks (shared by the models, run before any computation) -----------------------------
-
-def check_ids(name, ids, vocab_size):
-    """A 2-D torch.long tensor of token ids in [0, vocab_size) with at least one token; returns (B, T)."""
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
-        got = f"{ids.dtype} tensor of shape {list(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
-        raise MiniPeftError(f"{name} must be a 2-D torch.long tensor [batch, seq]; got {got}")
-    B, T = ids.shape
-    if B == 0 or T == 0:
-        raise MiniPeftError(f"{name} is empty (shape {list(ids.shape)}); give at least one token per row")
-    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
-        raise MiniPeftError(f"{name}: token ids must be in [0, {vocab_size}); got min {int(ids.min())}, max {int(ids.max())}")
-    return B, T
-
-
-def check_attention_mask(name, mask, shape, *, every_row_real=False):
-    """A [B, T] mask of 1 (real token) and 0 (padding), bool or numeric, shaped like its ids; with
-    every_row_real, each row has a real token (when nothing else, a prompt or prefix, gives it keys)."""
-    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
-        got = f"shape {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise MiniPeftError(f"{name} must have the shape of its ids {list(shape)} (1 = real token, 0 = padding); got {got}")
-    if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
-        other = mask[(mask != 0) & (mask != 1)].flatten()[0].item()
-        raise MiniPeftError(f"{name} must hold only 1 (real token) and 0 (padding); got {other}. "
-                            f"An additive mask (0 = attend, -inf = not) is not one: pass (mask == 0).long()")
-    empty = (~mask.bool().any(1)).nonzero()[:, 0].tolist() if every_row_real else []
-    if empty:
-        raise MiniPeftError(f"{name} has rows {empty[:5]} without any real token (all 0): they would attend to nothing. "
-                            f"An additive mask (0 = attend) reads as all padding: pass (mask == 0).long()")
-
-
-POSITIONS = ("real", "plain")
-
-
-def check_positions(positions):
-    """The positions convention: "real" (padding takes no position) or "plain" (every slot counts)."""
-    if not isinstance(positions, str) or positions not in POSITIONS:
-        raise MiniPeftError(f"positions must be 'real' (the default: padding takes no position, a row gets the positions "
-                            f"it has alone) or 'plain' (every slot counts, padding included, as in transformers' and "
-                            f"peft's forward); got {positions!r:.100}")
-    return positions
-
-
-def check_labels(labels, shape, vocab_size):
-    """A torch.long tensor of the given shape holding token ids in [0, vocab_size) or IGNORE."""
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.long or tuple(labels.shape) != tuple(shape):
-        got = f"{labels.dtype} tensor of shape {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise MiniPeftError(f"labels must be a torch.long tensor of shape {list(shape)} ({IGNORE} where no loss is wanted); got {got}")
-    if bool(((labels != IGNORE) & ((labels < 0) | (labels >= vocab_size))).any()):
-        raise MiniPeftError(f"labels must be {IGNORE} or token ids in [0, {vocab_size})")
-
-
-def check_hook_tensor(name, t, shape, device, dtype):
-    """Check a hook tensor: shape[0] is the batch (B or 1 accepted), None accepts any size."""
-    if not isinstance(t, torch.Tensor):
-        raise MiniPeftError(f"{name} must be a tensor; got {type(t).__name__}")
-    want = [f"{shape[0]} or 1"] + ["any" if s is None else s for s in shape[1:]]
-    ok = t.dim() == len(shape) and all(s is None or d == s or (i == 0 and d == 1) for i, (d, s) in enumerate(zip(t.shape, shape)))
-    if not ok or t.shape[-2] == 0:
-        raise MiniPeftError(f"{name} must have shape {want} with at least one slot; got {list(t.shape)}")
-    if t.device != device or t.dtype != dtype:
-        raise MiniPeftError(f"{name} is {t.dtype} on {t.device}; the model is {dtype} on {device}")
-
-
-def check_slot_mask(name, m, batch, n_slots):
-    """A mask over a hook's slots (prefix_mask, prompt_mask): [batch or 1, n_slots]."""
-    if not isinstance(m, torch.Tensor) or m.dim() != 2 or m.shape[1] != n_slots or m.shape[0] not in (1, batch):
-        raise MiniPeftError(f"{name} must have shape [{batch} or 1, {n_slots}]; got {list(getattr(m, 'shape', []))}")
-
-
-def check_prefix(name, prefix, n_layer, batch, n_head, head_dim, device, dtype):
-    """One (key, value) pair per layer, each [batch or 1, n_head, P, head_dim], the same P in every layer."""
-    if not isinstance(prefix, (list, tuple)) or len(prefix) != n_layer:
-        got = len(prefix) if isinstance(prefix, (list, tuple)) else type(prefix).__name__
-        raise MiniPeftError(f"{name} must hold one (key, value) pair per layer ({n_layer}); got {got}")
-    first = prefix[0][0] if isinstance(prefix[0], (list, tuple)) and len(prefix[0]) else None
-    P = first.shape[2] if isinstance(first, torch.Tensor) and first.dim() == 4 else None
-    for i, pair in enumerate(prefix):
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise MiniPeftError(f"{name}[{i}] must be a (key, value) pair")
-        for part, t in zip(("key", "value"), pair):
-            check_hook_tensor(f"{name}[{i}] {part}", t, (batch, n_head, P, head_dim), device, dtype)

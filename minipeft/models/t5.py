@@ -46,11 +46,12 @@ import torch.nn.functional as F
 
 from ..io import checkpoint, safetensors
 from ..io.checkpoint import Key
+from ..checks import (IGNORE, check_attention_mask, check_decoding, check_hook_tensor, check_ids, check_labels,
+                      check_positions, check_prefix, check_slot_mask)
 from ..errors import MiniPeftError
-from .generation import check_decoding, decode
-from .layers import (IGNORE, KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, check_attention_mask,
-                     check_hook_tensor, check_ids, check_labels, check_positions, check_prefix, check_slot_mask, linear,
-                     linear_cross_entropy, merge_heads, split_heads)
+from ..speed import linear, linear_cross_entropy
+from .generation import decode
+from .layers import KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, merge_heads, split_heads
 
 PAD_ID = 0            # also the decoder's start token
 EOS_ID = 1
@@ -383,6 +384,7 @@ class T5(nn.Module):
             return out
         if not return_logits:                                               # out: hidden states
             x, weight = self._head_input(out)
+            # speed.linear_cross_entropy == F.cross_entropy(F.linear(x, weight), labels), without the logits
             return None, linear_cross_entropy(x.reshape(-1, x.shape[-1]), weight, labels.reshape(-1))
         return out, F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
 
@@ -438,7 +440,7 @@ class T5(nn.Module):
             cache.advance(valid)
         if hidden:
             return h
-        return linear(*self._head_input(h))
+        return linear(*self._head_input(h))  # == F.linear (speed.linear)
 
     def _head_input(self, h):
         """(input, weight) of the LM head: v1.1 / FLAN have their own head; a tied head rescales first."""

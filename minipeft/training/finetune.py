@@ -16,7 +16,7 @@ import torch
 
 from ..methods.bitfit import BitFit
 from ..errors import MiniPeftError
-from ..models.layers import IGNORE
+from ..checks import IGNORE
 from ..methods.prefix import PrefixTuning
 from ..methods.prompt import PromptTuning
 from .tasks import e2e, sentiment

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import MiniPeftError
-from ..models.layers import IGNORE  # label of a position with no loss (-100: transformers' convention, and GPT.forward's)
+from ..checks import IGNORE  # label of a position with no loss (-100: transformers' convention, and GPT.forward's)
 from ..io.tokenizer import EOT_ID
 
 FORMATS = (".txt", ".jsonl")
