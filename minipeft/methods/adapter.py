@@ -232,7 +232,7 @@ def count_parameters(params):
 
 
 class Adapter(nn.Module):
-    """Base class. Subclasses set `method`, define `settings()` (JSON-able dict), `hooks(batch)` and
+    """Base class. Subclasses set `method`, define `settings()` (JSON-able dict), `model_kwargs(batch)` and
     `adapter_state()` / `load_adapter_state()` (the tensors an adapter file holds) and, where the
     tensors meant something else in an older format, `upgrade_loaded(version)`."""
 
@@ -245,15 +245,15 @@ class Adapter(nn.Module):
             p.requires_grad_(False)
 
     # the model's hooks for one call: {"bias_delta": ..., "prefix": ..., "prompt": ...}
-    def hooks(self, batch_size):
+    def model_kwargs(self, batch_size):
         raise NotImplementedError
 
     def forward(self, input_ids, *args, **kwargs):
-        return self.model(input_ids, *args, **self.hooks(input_ids.shape[0]), **kwargs)
+        return self.model(input_ids, *args, **self.model_kwargs(input_ids.shape[0]), **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids, *args, **kwargs):
-        return self.model.generate(input_ids, *args, **self.hooks(input_ids.shape[0]), **kwargs)
+        return self.model.generate(input_ids, *args, **self.model_kwargs(input_ids.shape[0]), **kwargs)
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]

@@ -45,11 +45,11 @@ class AdapterBank(nn.Module):
         """{task name: adapter}"""
         return {name: self.adapter_list[i] for name, i in self.index.items()}
 
-    def hooks(self, tasks):
+    def model_kwargs(self, tasks):
         unknown = sorted({t for t in tasks if t not in self.index})
         if unknown:
             raise MiniPeftError(f"unknown task(s) {unknown}; the bank has {sorted(self.index)}")
-        rows = [self._row_hooks(t) for t in tasks]
+        rows = [self._row_kwargs(t) for t in tasks]
         out = {}
         deltas = [r.get("bias_delta", {}) for r in rows]
         names = sorted({n for d in deltas for n in d})
@@ -72,20 +72,20 @@ class AdapterBank(nn.Module):
             out["prefix"], out["prefix_mask"] = self.model.pack_prefix(packed), self.model.pack_prefix(masks)
         return out
 
-    def _row_hooks(self, task):
+    def _row_kwargs(self, task):
         a = self.adapter_list[self.index[task]]
         if isinstance(a, PrefixTuning) and a.where != "embedding":
             return {"prefix_sites": a.sites()}
-        return a.hooks(1)
+        return a.model_kwargs(1)
 
     def forward(self, input_ids, *args, tasks, **kwargs):
         _check_tasks(tasks, input_ids)
-        return self.model(input_ids, *args, **self.hooks(tasks), **kwargs)
+        return self.model(input_ids, *args, **self.model_kwargs(tasks), **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids, *args, tasks, **kwargs):
         _check_tasks(tasks, input_ids)
-        return self.model.generate(input_ids, *args, **self.hooks(tasks), **kwargs)
+        return self.model.generate(input_ids, *args, **self.model_kwargs(tasks), **kwargs)
 
 
 def _check_tasks(tasks, input_ids):

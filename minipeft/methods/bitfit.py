@@ -80,7 +80,7 @@ class BitFit(Adapter):
     def settings(self):
         return {"slots": self.slots, "n_classes": None if self.head is None else self.head.out_features}
 
-    def hooks(self, batch_size):
+    def model_kwargs(self, batch_size):
         """bias_delta {slot: own bias - frozen bias}, which the model adds back to its frozen bias."""
         dtype, frozen = model_dtype(self.model), frozen_biases(self.model)
         deltas = {}

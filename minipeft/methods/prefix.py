@@ -97,7 +97,7 @@ class PrefixTuning(Adapter):
             sites[site] = [(kv[i, 0][None], kv[i, 1][None]) for i in range(L)]
         return sites
 
-    def hooks(self, batch_size):
+    def model_kwargs(self, batch_size):
         if self.where == "embedding":
             return {"prompt": self.dropout(self.flat("prompt")).to(model_dtype(self.model))[None]}
         return {"prefix": self.model.pack_prefix(self.sites())}
@@ -110,7 +110,7 @@ class PrefixTuning(Adapter):
         return super().generate(input_ids, *args, **self._infix(infix_at, input_ids), **kwargs)
 
     def _infix(self, infix_at, input_ids):
-        """{"prefix_start": [B] long on the input's device} from infix_at: B ints, or one int for all rows."""
+        """{"infix_at": [B] long on the input's device} from infix_at: B ints, or one int for all rows."""
         if self.where != "infix":
             if infix_at is not None:
                 raise MiniPeftError("infix_at is only for where='infix'")
@@ -127,7 +127,7 @@ class PrefixTuning(Adapter):
             raise MiniPeftError(f"{need}; got a {at.dtype} of shape {list(at.shape)}")
         if bool((at < 0).any()) or bool((at > T).any()):
             raise MiniPeftError(f"{need}; got {at.tolist()}")
-        return {"prefix_start": at.long().expand(B).contiguous()}
+        return {"infix_at": at.long().expand(B).contiguous()}
 
     @torch.no_grad()
     def bake(self):

@@ -99,7 +99,7 @@ class PromptTuning(Adapter):
     def load_adapter_state(self, tensors, path):
         self._load_named(tensors, {"prompt": self.prompt}, path)
 
-    def hooks(self, batch_size):
+    def model_kwargs(self, batch_size):
         K, prompt = self.n_ensemble, self.prompt.to(model_dtype(self.model))  # in the model's dtype
         if K == 1:
             return {"prompt": prompt}                                      # [1, P, d], broadcast

@@ -202,7 +202,7 @@ class GPT(nn.Module):
     # ---- forward -----------------------------------------------------------------------------
 
     def forward(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None,
-                prefix_mask=None, prefix_start=None, prompt_mask=None, labels=None, cache=None, hidden=False,
+                prefix_mask=None, infix_at=None, prompt_mask=None, labels=None, cache=None, hidden=False,
                 return_logits=True, positions="real"):
         """Logits [B, T, vocab] aligned with input_ids; with labels (logits, mean next-token loss).
 
@@ -210,7 +210,7 @@ class GPT(nn.Module):
         -100 where no loss is wanted (shifted inside, as in transformers); cache: a KVCache.
         Hooks: prefix, prompt (see the module docstring); bias_delta {slot name: [width] or
         [B, width]} added to bias slots for this call; prefix_mask / prompt_mask [B or 1, P] for rows
-        that use fewer slots (many tasks in one batch); prefix_start [B] places the prefix before
+        that use fewer slots (many tasks in one batch); infix_at [B] places the prefix before
         that token index instead of in front (an infix: [x; INFIX; y]). hidden=True returns the final
         hidden states [B, T, n_embd] instead of logits (for a task head). return_logits=False (with
         labels) returns (None, loss) and never holds the [B, T, vocab] logits (see
@@ -223,17 +223,17 @@ class GPT(nn.Module):
             raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
         if not return_logits and labels is None:
             raise MiniPeftError("return_logits=False is for training with labels (it returns only the loss); give labels")
-        self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
-        hooks = dict(prefix=prefix, prompt=prompt, bias_delta=bias_delta, prefix_mask=prefix_mask, prefix_start=prefix_start,
+        self._check_hook_masks(B, prefix, prompt, prefix_mask, infix_at, prompt_mask)
+        hooks = dict(prefix=prefix, prompt=prompt, bias_delta=bias_delta, prefix_mask=prefix_mask, infix_at=infix_at,
                      prompt_mask=prompt_mask)
         with bias_deltas(self, bias_delta, B):
             if self._prompt_is_shared(input_ids, attention_mask, cache, positions, **hooks):
                 prefix, prompt = self._prompt_as_prefix(prompt, prefix), None
-            return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache,
+            return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, infix_at, prompt_mask, labels, cache,
                                  hidden, return_logits, positions)
 
     def _prompt_is_shared(self, input_ids, attention_mask, cache, positions, *, prefix, prompt, bias_delta, prefix_mask,
-                          prefix_start, prompt_mask):
+                          infix_at, prompt_mask):
         """True when one prompt's states serve every row (see _prompt_as_prefix): several rows, one
         prompt and at most one prefix for all, no left padding with positions="real" (a leading pad
         takes its position after the prompt slots; with "plain" every slot keeps its index), no
@@ -242,7 +242,7 @@ class GPT(nn.Module):
         B, T = input_ids.shape
         if B == 1 or prompt is None or prompt.shape[0] != 1 or prompt_mask is not None or cache is not None:
             return False
-        if prefix_mask is not None or prefix_start is not None or (self.training and self.config.any_dropout):
+        if prefix_mask is not None or infix_at is not None or (self.training and self.config.any_dropout):
             return False
         if (positions == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all())) or \
                 (bias_delta and any(d.dim() == 2 for d in bias_delta.values())):
@@ -270,7 +270,7 @@ class GPT(nn.Module):
             return keep.pairs
         return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(prefix, keep.pairs)]
 
-    def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, prefix_start, prompt_mask, labels, cache, hidden,
+    def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, infix_at, prompt_mask, labels, cache, hidden,
                  return_logits, positions="real"):
         B, T = input_ids.shape
         valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -290,13 +290,13 @@ class GPT(nn.Module):
             seen = 0 if cache is None else cache.seen[:, None]
             positions = (valid.cumsum(1) - 1).clamp(min=0) + seen           # [B, P + T]
         n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
-        prefix_valid = None
+        plain_prefix = prefix_mask is None and infix_at is None        # every row uses every slot, in front
         if n_prefix:
-            prefix_valid = torch.ones(1, n_prefix, dtype=torch.bool, device=valid.device) if prefix_mask is None else prefix_mask.bool()
-            shift = n_prefix if plain else prefix_valid.sum(-1, keepdim=True)  # [B or 1, 1]
-            if prefix_start is not None:
+            prefix_mask = torch.ones(1, n_prefix, dtype=torch.bool, device=valid.device) if prefix_mask is None else prefix_mask.bool()
+            shift = n_prefix if plain else prefix_mask.sum(-1, keepdim=True)  # [B or 1, 1]
+            if infix_at is not None:
                 index = torch.arange(S - n_query, S, device=valid.device)
-                shift = shift * (index[None] >= prefix_start[:, None])
+                shift = shift * (index[None] >= infix_at[:, None])
             positions = positions + shift
         if int(positions.max()) >= self.config.n_positions:                 # checked before any computation
             raise MiniPeftError(f"sequence needs position {int(positions.max())} but the context is "
@@ -309,12 +309,11 @@ class GPT(nn.Module):
         x = self.drop(x + self.wpe(positions))
 
         # one mask for all layers; SDPA's own causal path when nothing needs a mask
-        plain_prefix = prefix_mask is None and prefix_start is None
         mask, is_causal = None, False
         if bool(key_valid.all()) and plain_prefix and (n_query == 1 or (n_prefix == 0 and S == n_query)):
             is_causal = n_query > 1                                         # one query sees every key
         else:
-            mask = build_mask(key_valid, n_query, prefix_valid=prefix_valid, prefix_from=prefix_start)
+            mask = build_mask(key_valid, n_query, prefix_mask=prefix_mask, infix_at=infix_at)
 
         for i, block in enumerate(self.h):
             x = block(x, mask, is_causal, None if prefix is None else prefix[i], cache, i)
@@ -333,19 +332,19 @@ class GPT(nn.Module):
         logits = F.linear(x, self.wte.weight)
         return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
 
-    def _check_hook_masks(self, B, prefix, prompt, prefix_mask, prefix_start, prompt_mask):
+    def _check_hook_masks(self, B, prefix, prompt, prefix_mask, infix_at, prompt_mask):
         for name, m, hook in (("prefix_mask", prefix_mask, prefix), ("prompt_mask", prompt_mask, prompt)):
             if m is None:
                 continue
             if hook is None:
                 raise MiniPeftError(f"{name} given without {name.split('_')[0]}")
             check_slot_mask(name, m, B, hook[0][0].shape[2] if name == "prefix_mask" else hook.shape[1])
-        if prefix_start is not None:
+        if infix_at is not None:
             if prefix is None:
-                raise MiniPeftError("prefix_start given without prefix")
-            if prefix_start.shape != (B,) or prefix_start.dtype != torch.long or bool((prefix_start < 0).any()):
-                raise MiniPeftError(f"prefix_start must be a torch.long tensor of {B} non-negative token indices; "
-                                    f"got {prefix_start.dtype} {list(prefix_start.shape)}")
+                raise MiniPeftError("infix_at given without prefix")
+            if infix_at.shape != (B,) or infix_at.dtype != torch.long or bool((infix_at < 0).any()):
+                raise MiniPeftError(f"infix_at must be a torch.long tensor of {B} non-negative token indices; "
+                                    f"got {infix_at.dtype} {list(infix_at.shape)}")
 
     def _check_inputs(self, input_ids, attention_mask, prefix, prompt, labels):
         cfg = self.config
@@ -366,7 +365,7 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, *, max_new_tokens=20, temperature=0.0, top_k=None,
                  eos_token_id=None, generator=None, prefix=None, prompt=None, prompt_mask=None,
-                 bias_delta=None, prefix_mask=None, prefix_start=None, positions="real"):
+                 bias_delta=None, prefix_mask=None, infix_at=None, positions="real"):
         """Continue each row of input_ids (left-padded when rows differ in length) with a KV cache.
 
         Greedy when temperature is 0, else sampling (optionally top-k). Rows that emit eos_token_id
@@ -375,7 +374,7 @@ class GPT(nn.Module):
         """
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, None)
         check_positions(positions)
-        self._check_hook_masks(B, prefix, prompt, prefix_mask, prefix_start, prompt_mask)
+        self._check_hook_masks(B, prefix, prompt, prefix_mask, infix_at, prompt_mask)
         max_new_tokens, temperature, top_k, eos_token_id = check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
         if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
             raise MiniPeftError("generate needs left padding (zeros before the tokens); attention_mask has padding on the right")
@@ -386,10 +385,10 @@ class GPT(nn.Module):
                                 f"exceeds the context of {self.config.n_positions} positions")
         cfg, w = self.config, self.wte.weight
         cache = KVCache(cfg.n_layer, B, cfg.n_head, n_prefix + n_prompt + T + max_new_tokens, cfg.head_dim, device=w.device, dtype=w.dtype)
-        if prefix is not None and prefix_start is None:  # a prefix (not an infix) becomes the cache's first keys
+        if prefix is not None and infix_at is None:  # a prefix (not an infix) becomes the cache's first keys
             cache.start_with(prefix, prefix_mask)
             prefix = prefix_mask = None
-        every_step = dict(prefix=prefix, prefix_mask=prefix_mask, prefix_start=prefix_start, bias_delta=bias_delta, cache=cache,
+        every_step = dict(prefix=prefix, prefix_mask=prefix_mask, infix_at=infix_at, bias_delta=bias_delta, cache=cache,
                           hidden=True, positions=positions)
         head = lambda h: linear(h[:, -1], w)  # noqa: E731  last position only; speed.linear == F.linear
         first = head(self(input_ids, attention_mask, prompt=prompt, prompt_mask=prompt_mask, **every_step))

@@ -192,12 +192,12 @@ def attend(q, k, v, *, prefix=None, mask=None, is_causal=False, scale=None, drop
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
 
 
-def build_mask(key_valid, n_query, *, n_prefix=0, prefix_valid=None, prefix_from=None, causal=True):
+def build_mask(key_valid, n_query, *, n_prefix=0, prefix_mask=None, infix_at=None, causal=True):
     """Boolean mask [B, 1, T, P+S] for T queries that are the last T of S keys.
 
     key_valid [B, S] marks real (non-padding) keys. Prefix slots (n_prefix of them, or
-    prefix_valid [B or 1, P] where rows use fewer) are visible to every query, or with
-    prefix_from [B] only to queries at key index >= prefix_from (an infix). Real keys are
+    prefix_mask [B or 1, P] where rows use fewer) are visible to every query, or with
+    infix_at [B] only to queries at key index >= infix_at (an infix). Real keys are
     visible when valid and (if causal) not in the future. Each query always sees itself, so a
     padding query's row is never empty (an empty row would make SDPA return NaN, and NaN
     poisons the backward pass even where the loss ignores that position).
@@ -210,12 +210,12 @@ def build_mask(key_valid, n_query, *, n_prefix=0, prefix_valid=None, prefix_from
     if causal:
         allowed = allowed & (k_pos <= q_pos)
     allowed = allowed | (k_pos == q_pos)                          # [B, T, S]
-    if prefix_valid is None and n_prefix:
-        prefix_valid = key_valid.new_ones(1, n_prefix)
-    if prefix_valid is not None:
-        visible = prefix_valid[:, None, :].expand(B, n_query, -1)  # [B, T, P]
-        if prefix_from is not None:
-            visible = visible & (q_pos[None] >= prefix_from[:, None, None])
+    if prefix_mask is None and n_prefix:
+        prefix_mask = key_valid.new_ones(1, n_prefix)
+    if prefix_mask is not None:
+        visible = prefix_mask[:, None, :].expand(B, n_query, -1)  # [B, T, P]
+        if infix_at is not None:
+            visible = visible & (q_pos[None] >= infix_at[:, None, None])
         allowed = torch.cat([visible, allowed], dim=-1)
     return allowed[:, None]
 
@@ -238,10 +238,10 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
-    def start_with(self, prefix, prefix_valid=None):
+    def start_with(self, prefix, prefix_mask=None):
         """Put a prefix, per layer (k, v) [B or 1, H, P, D], in the first P slots, as if P tokens had
-        been seen (those prefix_valid [B or 1, P] marks). Keys, masks and positions are then those of
-        attend(prefix=...) with build_mask(prefix_valid=...): the prefix keys come first, every later
+        been seen (those prefix_mask [B or 1, P] marks). Keys, masks and positions are then those of
+        attend(prefix=...) with build_mask(prefix_mask=...): the prefix keys come first, every later
         query sees the valid ones, and positions move up by their number. Decoding then needs no
         [prefix; keys] concatenation per layer and step (6% of a GPT-2 small decoding step)."""
         L, B, H, _, D = self.k.shape
@@ -249,12 +249,12 @@ class KVCache:
         P = prefix[0][0].shape[2]
         if self.length or P > self.max_len:
             raise MiniPeftError(f"start_with needs an empty cache with room for the prefix ({P} of {self.max_len} slots)")
-        if prefix_valid is not None:
-            check_slot_mask("prefix_valid", prefix_valid, B, P)
+        if prefix_mask is not None:
+            check_slot_mask("prefix_mask", prefix_mask, B, P)
         for layer, (pk, pv) in enumerate(prefix):
             self.k[layer, :, :, :P] = pk
             self.v[layer, :, :, :P] = pv
-        valid = self.valid.new_ones(1, P) if prefix_valid is None else prefix_valid.bool()
+        valid = self.valid.new_ones(1, P) if prefix_mask is None else prefix_mask.bool()
         self.valid[:, :P] = valid
         self.seen += valid.sum(1)
         self.length = P

@@ -257,18 +257,18 @@ class Stack(nn.Module):
         buckets = relative_position_bucket(rel, not self.is_decoder, self.num_buckets, self.max_distance)
         return self.relative_attention_bias(buckets).permute(0, 3, 1, 2)
 
-    def forward(self, x, key_valid, *, prefix=None, prefix_valid=None, cache=None, cross_kv=None, cross_mask=None,
+    def forward(self, x, key_valid, *, prefix=None, prefix_mask=None, cache=None, cross_kv=None, cross_mask=None,
                 cross_prefix=None, positions="real"):
         """x [B, T, d_model] -> [B, T, d_model]. key_valid [B, S] marks the real keys (S = T, or
         the cached tokens + T); prefix slots take key positions 0..P-1 in front of them, and
-        prefix_valid [B or 1, P] marks the slots a row uses (left-padded: distances stay the same).
+        prefix_mask [B or 1, P] marks the slots a row uses (left-padded: distances stay the same).
         positions: "real" or "plain" (see position_bias)."""
         T, B = x.shape[1], x.shape[0]
         P = 0 if prefix is None else prefix[0][0].shape[2]
-        slots = key_valid.new_ones(B, P) if prefix_valid is None else prefix_valid.expand(B, -1)
+        slots = key_valid.new_ones(B, P) if prefix_mask is None else prefix_mask.expand(B, -1)
         mask = self.position_bias(torch.cat([slots, key_valid], 1), T, positions)  # [B or 1, H, T, P+S]
-        if not (bool(key_valid.all()) and prefix_valid is None and (not self.is_decoder or T == 1)):
-            allowed = build_mask(key_valid, T, n_prefix=P, prefix_valid=prefix_valid, causal=self.is_decoder)  # [B, 1, T, P+S]
+        if not (bool(key_valid.all()) and prefix_mask is None and (not self.is_decoder or T == 1)):
+            allowed = build_mask(key_valid, T, n_prefix=P, prefix_mask=prefix_mask, causal=self.is_decoder)  # [B, 1, T, P+S]
             mask = torch.where(allowed, mask, float("-inf"))                    # masked keys get zero weight
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
@@ -399,7 +399,7 @@ class T5(nn.Module):
             return self._encode(input_ids, attention_mask, (prefix or {}).get("encoder"), prompt,
                                 prefix_mask.get("encoder"), prompt_mask, positions=positions)
 
-    def _encode(self, input_ids, attention_mask, prefix, prompt, prefix_valid=None, prompt_mask=None, cache=None,
+    def _encode(self, input_ids, attention_mask, prefix, prompt, prefix_mask=None, prompt_mask=None, cache=None,
                 positions="real"):
         B = input_ids.shape[0]
         x = self.shared(input_ids)                                          # [B, T, d] (no sqrt(d) scaling)
@@ -408,11 +408,11 @@ class T5(nn.Module):
             x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)             # [B, P + T, d]
             slots = valid.new_ones(B, prompt.shape[1]) if prompt_mask is None else prompt_mask.bool().expand(B, -1)
             valid = torch.cat([slots, valid], dim=1)
-        if prefix_valid is not None:
-            prefix_valid = prefix_valid.bool()
+        if prefix_mask is not None:
+            prefix_mask = prefix_mask.bool()
         if cache is None:
-            return self.encoder(x, valid, prefix=prefix, prefix_valid=prefix_valid, positions=positions), valid
-        h = self.encoder(x, cache.append_mask(valid), prefix=prefix, prefix_valid=prefix_valid, cache=cache,
+            return self.encoder(x, valid, prefix=prefix, prefix_mask=prefix_mask, positions=positions), valid
+        h = self.encoder(x, cache.append_mask(valid), prefix=prefix, prefix_mask=prefix_mask, cache=cache,
                          positions=positions)  # the cache records keys/values
         cache.advance(valid)
         return h, valid
@@ -434,7 +434,7 @@ class T5(nn.Module):
             enc_valid = torch.cat([slots, enc_valid], dim=1)
         cross_mask = None if bool(enc_valid.all()) else enc_valid[:, None, None, :]  # [B, 1, 1, Pc+S], no position bias
         decoder_valid = prefix_mask.get("decoder")
-        h = self.decoder(x, key_valid, prefix=prefix.get("decoder"), prefix_valid=None if decoder_valid is None else decoder_valid.bool(),
+        h = self.decoder(x, key_valid, prefix=prefix.get("decoder"), prefix_mask=None if decoder_valid is None else decoder_valid.bool(),
                          cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, cross_prefix=cross_prefix, positions=positions)
         if cache is not None:
             cache.advance(valid)

@@ -131,7 +131,7 @@ def test_task_head_trains_with_the_biases_and_round_trips(tmp_path):
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
     with torch.no_grad():  # the head reads the last real token's final hidden state
-        h = model(ids[1:2, :12], hidden=True, bias_delta=adapter.hooks(1)["bias_delta"])[0, -1]
+        h = model(ids[1:2, :12], hidden=True, bias_delta=adapter.model_kwargs(1)["bias_delta"])[0, -1]
         assert (adapter.classify(ids, mask)[1] - adapter.head(h)).abs().max() < 1e-5
     adapter.save(tmp_path / "h.safetensors")
     again = BitFit.load(model, tmp_path / "h.safetensors")

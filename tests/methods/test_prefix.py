@@ -71,7 +71,7 @@ def test_embedding_only_with_real_words_equals_those_words_as_input():
     words = torch.tensor([[3, 14, 15]])
     adapter = PrefixTuning(model, 3, where="embedding", hidden=16, init_ids=words)
     ids = toy_batch(61, batch=2)
-    assert set(adapter.hooks(2)) == {"prompt"}
+    assert set(adapter.model_kwargs(2)) == {"prompt"}
     with torch.no_grad():
         assert (adapter(ids) - model(torch.cat([words.expand(2, -1), ids], 1))[:, 3:]).abs().max() < 1e-5
 
@@ -98,7 +98,7 @@ def test_generate_uses_the_prefix():
     adapter = PrefixTuning(tiny_gpt(), 4, reparam=False)
     ids = toy_batch(61, batch=2)[:, :5]
     with torch.no_grad():
-        want = adapter.model.generate(ids, max_new_tokens=6, **adapter.hooks(2))
+        want = adapter.model.generate(ids, max_new_tokens=6, **adapter.model_kwargs(2))
     assert torch.equal(adapter.generate(ids, max_new_tokens=6), want)
     with torch.no_grad():
         assert (adapter(ids) - adapter.model(ids)).abs().max() > 1e-3  # the prefix matters

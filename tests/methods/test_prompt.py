@@ -115,7 +115,7 @@ def test_save_load_and_file_errors(tmp_path):
 def test_bf16_model_trains_and_generates_like_fp32(arch):
     from tests.methods_common import check_bf16_model, tiny_t5
     _, a16 = check_bf16_model(lambda m: PromptTuning(m, 3), tiny_gpt() if arch == "gpt" else tiny_t5())
-    assert a16.prompt.dtype == torch.float32 and a16.hooks(1)["prompt"].dtype == torch.bfloat16
+    assert a16.prompt.dtype == torch.float32 and a16.model_kwargs(1)["prompt"].dtype == torch.bfloat16
 
 
 def test_class_scores_read_the_last_real_token_with_left_or_right_padding():

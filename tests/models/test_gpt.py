@@ -316,7 +316,7 @@ def test_cache_started_with_a_prefix_equals_attending_to_it():
     with pytest.raises(MiniPeftError, match=r"prefix\[0\] key must have shape \['2 or 1', 4, 3, 8\] "
                                             r"with at least one slot; got \[3, 4, 3, 8\]"):
         fresh().start_with([(torch.zeros(3, 4, 3, 8),) * 2] * cfg.n_layer)  # batch 3 in a batch-2 cache
-    with pytest.raises(MiniPeftError, match=r"prefix_valid must have shape \[2 or 1, 3\]; got \[1, 1\]"):
+    with pytest.raises(MiniPeftError, match=r"prefix_mask must have shape \[2 or 1, 3\]; got \[1, 1\]"):
         fresh().start_with(prefix, torch.ones(1, 1))
 
 
@@ -381,14 +381,14 @@ def _kv_of(model, ids):
 
 
 def test_infix_equals_real_tokens_in_the_middle():
-    """prefix_start=len(x): the slots sit between x and y, i.e. [x; INFIX; y]."""
+    """infix_at=len(x): the slots sit between x and y, i.e. [x; INFIX; y]."""
     model = _tiny()
     x, z, y = (torch.randint(0, TINY["vocab_size"], (2, n)) for n in (4, 3, 5))
     xz = _kv_of(model, torch.cat([x, z], 1))
     infix = [(k[:, :, 4:], v[:, :, 4:]) for k, v in xz]  # keys/values of z, computed after x
     with torch.no_grad():
         want = model(torch.cat([x, z, y], 1))
-        got = model(torch.cat([x, y], 1), prefix=infix, prefix_start=torch.full((2,), 4))
+        got = model(torch.cat([x, y], 1), prefix=infix, infix_at=torch.full((2,), 4))
     assert (got[:, :4] - want[:, :4]).abs().max() < 1e-5   # x does not see the infix
     assert (got[:, 4:] - want[:, 7:]).abs().max() < 1e-5   # y does, and sits 3 positions later
 
