@@ -224,48 +224,22 @@ class GPT(nn.Module):
         if not return_logits and labels is None:
             raise MiniPeftError("return_logits=False is for training with labels (it returns only the loss); give labels")
         self._check_hook_masks(B, prefix, prompt, prefix_mask, infix_at, prompt_mask)
-        hooks = dict(prefix=prefix, prompt=prompt, bias_delta=bias_delta, prefix_mask=prefix_mask, infix_at=infix_at,
-                     prompt_mask=prompt_mask)
         with bias_deltas(self, bias_delta, B):
-            if self._prompt_is_shared(input_ids, attention_mask, cache, positions, **hooks):
-                prefix, prompt = self._prompt_as_prefix(prompt, prefix), None
             return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, infix_at, prompt_mask, labels, cache,
                                  hidden, return_logits, positions)
 
-    def _prompt_is_shared(self, input_ids, attention_mask, cache, positions, *, prefix, prompt, bias_delta, prefix_mask,
-                          infix_at, prompt_mask):
-        """True when one prompt's states serve every row (see _prompt_as_prefix): several rows, one
-        prompt and at most one prefix for all, no left padding with positions="real" (a leading pad
-        takes its position after the prompt slots; with "plain" every slot keeps its index), no
-        per-row slot masks, infix or biases, no cache, no dropout drawing a different mask per row,
-        and everything within the context (else the other path raises the clear error)."""
-        B, T = input_ids.shape
-        if B == 1 or prompt is None or prompt.shape[0] != 1 or prompt_mask is not None or cache is not None:
-            return False
-        if prefix_mask is not None or infix_at is not None or (self.training and self.config.any_dropout):
-            return False
-        if (positions == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all())) or \
-                (bias_delta and any(d.dim() == 2 for d in bias_delta.values())):
-            return False
-        if prefix is not None and any(t.shape[0] != 1 for pair in prefix for t in pair):
-            return False
-        n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
-        return n_prefix + prompt.shape[1] + T <= self.config.n_positions
+    def keys_values(self, x, prefix=None):
+        """[(key, value)] per layer of [prefix; x]: embeddings x [1, P, C] run through the blocks at
+        the start of a sequence (after the prefix, if any), as a prefix for the tokens that follow.
 
-    def _prompt_as_prefix(self, prompt, prefix):
-        """A prompt [1, P, C] shared by every row, run once: [(key, value)] per layer of [prefix; prompt].
-
-        In a causal model the prompt slots come first and see only the prefix and each other, so
-        their hidden states are the same in every row. Computing them once at batch 1 and giving the
-        tokens their keys/values as a prefix yields the same outputs and gradients as prepending the
-        prompt to each of the B rows, without B - 1 copies of its work (P of every P + T positions).
+        Prompt tuning uses it to run a prompt shared by every row once (methods/prompt.py).
         """
-        P, n_prefix = prompt.shape[1], 0 if prefix is None else prefix[0][0].shape[2]
-        x = self.drop(prompt + self.wpe(torch.arange(n_prefix, n_prefix + P, device=prompt.device)))  # [1, P, C]
-        mask = None if prefix is None else build_mask(torch.ones(1, P, dtype=torch.bool, device=prompt.device), P, n_prefix=n_prefix)
+        P, n_prefix = x.shape[1], 0 if prefix is None else prefix[0][0].shape[2]
+        h = self.drop(x + self.wpe(torch.arange(n_prefix, n_prefix + P, device=x.device)))    # [1, P, C]
+        mask = None if prefix is None else build_mask(torch.ones(1, P, dtype=torch.bool, device=x.device), P, n_prefix=n_prefix)
         keep = _KeepKeysValues()
         for i, block in enumerate(self.h):
-            x = block(x, mask, prefix is None, None if prefix is None else prefix[i], keep, i)
+            h = block(h, mask, prefix is None, None if prefix is None else prefix[i], keep, i)
         if prefix is None:
             return keep.pairs
         return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(prefix, keep.pairs)]

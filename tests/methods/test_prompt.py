@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from minipeft import MiniPeftError, PromptTuning
+from minipeft import GPT, GPTConfig, MiniPeftError, PromptTuning
 from minipeft.methods.adapter import FORMAT_VERSION
 from tests.methods_common import snapshot, tiny_gpt, toy_batch, train
 
@@ -164,3 +164,93 @@ def test_member_index_is_checked():
     for k in (-1, 3, 1.0):
         with pytest.raises(MiniPeftError, match=rf"member k must be an int in \[0, 3\).*got {k!r}"):
             adapter.member(k)
+
+
+# ---- one prompt for every row of a GPT-2 batch: run once, handed over as a prefix ----------------
+
+SHARED = dict(vocab_size=97, n_positions=48, n_embd=32, n_layer=3, n_head=4)
+
+
+def _shared_prompt_pair(dropout=0.0):
+    """A prompt adapter and the plain formulation of the same prompt (cat([prompt, wte(ids)], 1) per row)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**SHARED, dropout=dropout)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "bias" in name:
+                p.normal_(0, 0.1)
+    adapter = PromptTuning(model, 5, seed=4)
+    plain = lambda ids, **kw: model(ids, prompt=adapter.prompt.expand(ids.shape[0], -1, -1), **kw)  # noqa: E731
+    return model, adapter, plain
+
+
+@pytest.mark.parametrize("case", ["plain", "padding", "left padding and labels", "left padding, plain positions", "with prefix",
+                                  "prefix value per row", "labels", "dropout in eval"])
+def test_shared_prompt_run_once_equals_the_prompt_in_every_row(case):
+    """PromptTuning runs a prompt shared by the rows once and hands its keys/values over as a prefix
+    (or, where that does not apply, prepends it per row): outputs and gradients equal the prompt
+    prepended to every row ([B, P, C], the model's plain path)."""
+    model, adapter, plain = _shared_prompt_pair(dropout=0.1 if case == "dropout in eval" else 0.0)
+    torch.manual_seed(3)
+    ids = torch.randint(0, SHARED["vocab_size"], (3, 7))
+    kw = {}
+    if case == "padding":  # right padding and a gap: the run-once path
+        kw["attention_mask"] = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1, 0]])
+    if case == "left padding and labels":  # the per-row path (a leading pad's position follows the prompt)
+        kw["attention_mask"] = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]])
+        kw["labels"] = ids.masked_fill(kw["attention_mask"] == 0, -100)
+    if case == "left padding, plain positions":  # the run-once path: every slot keeps its index
+        kw["attention_mask"] = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]])
+        kw["labels"] = ids.masked_fill(kw["attention_mask"] == 0, -100)
+        kw["positions"] = "plain"
+        kw["prefix"] = [(torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8)) for _ in range(SHARED["n_layer"])]
+    if case == "with prefix":
+        kw["prefix"] = [(torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8)) for _ in range(SHARED["n_layer"])]
+    if case == "prefix value per row":  # the per-row path: the prompt's states differ per row
+        kw["prefix"] = [(torch.randn(1, 4, 2, 8), torch.randn(3, 4, 2, 8)) for _ in range(SHARED["n_layer"])]
+    if case == "labels":
+        kw["labels"] = ids
+    real = kw.get("attention_mask", torch.ones_like(ids))[..., None]  # padding positions' outputs mean nothing
+    outs, grads = [], []
+    for call in (adapter, plain):
+        adapter.prompt.grad = None
+        out = call(ids, **kw)
+        loss = "labels" in kw
+        value = out[1] if loss else (out * real * torch.linspace(-1, 1, out.shape[-1])).sum()
+        value.backward()
+        outs.append(out[1].detach() if loss else out.detach() * real)
+        grads.append(adapter.prompt.grad.clone())
+    assert (outs[0] - outs[1]).abs().max() < 1e-5
+    assert (grads[0] - grads[1]).abs().max() < 1e-5 * max(1.0, grads[1].abs().max().item())
+    assert grads[0].abs().max() > 0
+
+
+def test_shared_prompt_takes_the_run_once_path():
+    """The shared path runs the blocks once on the P prompt slots and once on the T tokens: the rows
+    never carry the prompt (a [3, 7] batch never reaches a block as [3, 12, C]); left padding with
+    the default positions, and a model called with the prompt itself, take the per-row path."""
+    model, adapter, plain = _shared_prompt_pair()
+    seen = []
+    hook = model.h[0].register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    ids = torch.randint(0, SHARED["vocab_size"], (3, 7))
+    left_padded = torch.ones(3, 7, dtype=torch.long)
+    left_padded[1, :3] = 0
+    with torch.no_grad():
+        adapter(ids)
+        plain(ids)
+        adapter(ids, left_padded)  # positions="real"
+        adapter(ids, left_padded, positions="plain")
+    hook.remove()
+    once, per_row = [(1, 5, SHARED["n_embd"]), (3, 7, SHARED["n_embd"])], [(3, 12, SHARED["n_embd"])]
+    assert seen == once + per_row + per_row + once
+
+
+def test_shared_prompt_path_checks_its_arguments_first():
+    _, adapter, _ = _shared_prompt_pair()
+    ids = torch.randint(0, SHARED["vocab_size"], (3, 7))
+    with pytest.raises(MiniPeftError, match="attention_mask must have the shape of its ids"):
+        adapter(ids, [[1] * 7] * 3)
+    with pytest.raises(MiniPeftError, match="prefix must hold one"):
+        adapter(ids, prefix=[(torch.zeros(1, 4, 2, 8),) * 2])
+    with pytest.raises(MiniPeftError, match="token ids must be in"):
+        adapter(ids + 100)

@@ -483,65 +483,6 @@ def test_too_long_for_the_context_counts_prefix_and_prompt():
         model(ids, prefix=prefix, prompt=torch.zeros(1, 2, 32))
 
 
-@pytest.mark.parametrize("case", ["plain", "padding", "left padding and labels", "left padding, plain positions", "with prefix",
-                                  "prefix value per row", "labels", "dropout in eval"])
-def test_shared_prompt_run_once_equals_the_prompt_in_every_row(case):
-    """A [1, P, C] prompt is run once and handed to the rows as a prefix of its keys/values; the same
-    prompt given per row ([B, P, C]) takes the plain path. Outputs and gradients must agree."""
-    model = _tiny(dropout=0.1 if case == "dropout in eval" else 0.0)
-    torch.manual_seed(3)
-    ids = torch.randint(0, TINY["vocab_size"], (3, 7))
-    kw = {}
-    if case == "padding":  # right padding and a gap: the run-once path
-        kw["attention_mask"] = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1, 0]])
-    if case == "left padding and labels":  # the plain path (a leading pad's position follows the prompt)
-        kw["attention_mask"] = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]])
-        kw["labels"] = ids.masked_fill(kw["attention_mask"] == 0, -100)
-    if case == "left padding, plain positions":  # the run-once path: every slot keeps its index
-        kw["attention_mask"] = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [0] * 6 + [1]])
-        kw["labels"] = ids.masked_fill(kw["attention_mask"] == 0, -100)
-        kw["positions"] = "plain"
-        kw["prefix"] = [(torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8)) for _ in range(TINY["n_layer"])]
-    if case == "with prefix":
-        kw["prefix"] = [(torch.randn(1, 4, 2, 8), torch.randn(1, 4, 2, 8)) for _ in range(TINY["n_layer"])]
-    if case == "prefix value per row":  # the plain path: the prompt's states differ per row
-        kw["prefix"] = [(torch.randn(1, 4, 2, 8), torch.randn(3, 4, 2, 8)) for _ in range(TINY["n_layer"])]
-    if case == "labels":
-        kw["labels"] = ids
-    real = kw.get("attention_mask", torch.ones_like(ids))[..., None]  # padding positions' outputs mean nothing
-    outs, grads = [], []
-    for per_row in (False, True):
-        prompt = torch.randn(1, 5, TINY["n_embd"], generator=torch.Generator().manual_seed(4)).requires_grad_()
-        out = model(ids, prompt=prompt.expand(3, -1, -1) if per_row else prompt, **kw)
-        loss = "labels" in kw
-        value = out[1] if loss else (out * real * torch.linspace(-1, 1, out.shape[-1])).sum()
-        value.backward()
-        outs.append(out[1].detach() if loss else out.detach() * real)
-        grads.append(prompt.grad)
-    assert (outs[0] - outs[1]).abs().max() < 1e-5
-    assert (grads[0] - grads[1]).abs().max() < 1e-5 * max(1.0, grads[1].abs().max().item())
-    assert grads[0].abs().max() > 0
-
-
-def test_shared_prompt_takes_the_run_once_path():
-    """The shared path runs the blocks once on the P prompt slots and once on the T tokens: the rows
-    never carry the prompt (so a [3, 7] batch never reaches a block as [3, 12, C])."""
-    model = _tiny()
-    seen = []
-    hook = model.h[0].register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
-    left_padded = torch.ones(3, 7, dtype=torch.long)
-    left_padded[1, :3] = 0
-    with torch.no_grad():
-        model(torch.randint(0, TINY["vocab_size"], (3, 7)), prompt=torch.randn(1, 5, TINY["n_embd"]))
-        model(torch.randint(0, TINY["vocab_size"], (3, 7)), prompt=torch.randn(3, 5, TINY["n_embd"]))
-        model(torch.randint(0, TINY["vocab_size"], (3, 7)), left_padded, prompt=torch.randn(1, 5, TINY["n_embd"]))  # "real"
-        model(torch.randint(0, TINY["vocab_size"], (3, 7)), left_padded, prompt=torch.randn(1, 5, TINY["n_embd"]),
-              positions="plain")
-    hook.remove()
-    once, per_row = [(1, 5, TINY["n_embd"]), (3, 7, TINY["n_embd"])], [(3, 12, TINY["n_embd"])]
-    assert seen == once + per_row + per_row + once
-
-
 def test_generate_takes_numpy_and_0d_torch_numbers():
     import numpy as np
     model = _tiny()
