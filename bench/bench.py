@@ -99,7 +99,7 @@ def t5_config(size):
 def hf_gpt(size):
     """A randomly initialised transformers GPT2LMHeadModel with minipeft's config of that size."""
     transformers = _quiet_transformers()
-    from minipeft.models.gpt import config_to_hf
+    from minipeft.io.gpt2_checkpoint import config_to_hf
     cfg = gpt_config(size)
     special = {} if cfg.vocab_size > 50256 else dict(bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(**config_to_hf(cfg), **special))
@@ -107,7 +107,7 @@ def hf_gpt(size):
 
 def hf_t5(size):
     transformers = _quiet_transformers()
-    from minipeft.models.t5 import config_to_hf
+    from minipeft.io.t5_checkpoint import config_to_hf
     return transformers.T5ForConditionalGeneration(transformers.T5Config(**config_to_hf(t5_config(size))))
 
 

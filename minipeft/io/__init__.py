@@ -1,2 +1,3 @@
-"""Files: safetensors (own reader/writer), Hugging Face checkpoint folders and their key maps
-(checkpoint.py), tokenizers, atomic writes."""
+"""Files: safetensors (own reader/writer), Hugging Face checkpoint folders (checkpoint.py) and the
+two models' key maps and config.json fields (gpt2_checkpoint.py, t5_checkpoint.py), tokenizers,
+atomic writes."""

@@ -164,7 +164,7 @@ def test_dropout_sets_the_three_not_given():
     assert (GPTConfig().embd_pdrop, GPTConfig().attn_pdrop, GPTConfig().resid_pdrop) == (0.0, 0.0, 0.0)
     with pytest.raises(MiniPeftError, match=r"attn_pdrop must be in \[0, 1\), got 1.5"):
         GPT(GPTConfig(**TINY, attn_pdrop=1.5))
-    from minipeft.models.gpt import config_from_hf
+    from minipeft.io.gpt2_checkpoint import config_from_hf
     absent = config_from_hf(dict(TINY), "config.json")  # transformers reads absent dropouts as its defaults
     assert [getattr(absent, d) for d in ("embd_pdrop", "attn_pdrop", "resid_pdrop")] == \
         [getattr(transformers.GPT2Config(), d) for d in ("embd_pdrop", "attn_pdrop", "resid_pdrop")]
