@@ -446,11 +446,9 @@ def compare(args, tokenizer):
         options = {"prompt_init": "labels", "label_ids": [codec.encode(w) for w in labels]} if method == "prompt" else {}
         module = ft.make_method(method, model, **options)
         total = model.num_parameters()
-        bar = tqdm(total=args.ft_steps if method != "frozen" else 0, desc=method, dynamic_ncols=True, leave=False)
         with ft.Timer() as timer:
             ft.finetune(module, train_set, codec, steps=args.ft_steps, lr=ft.LEARNING_RATES.get(method, 0.0), seed=args.seed,
-                        device=args.device, progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
-        bar.close()
+                        device=args.device, desc=method)
         row = {"method": method, "trainable": count_parameters(p for p in module.parameters() if p.requires_grad), "total": total,
                "size": saved_size(module, method, os.path.join(args.out, ADAPTERS_DIR)),
                "e2e_loss": ft.evaluate(module, e2e_val, codec, device=args.device),
