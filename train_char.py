@@ -42,7 +42,8 @@ from minipeft.training.corpus import default_corpus
 from minipeft.training.tasks import SENTIMENT_LABELS
 from minipeft.training.textdata import read_text
 from minipeft.io.tokenizer import CharTokenizer
-from minipeft.training.state import CtrlC, check_run_args, restore_rng, rng_state, step_seed
+from minipeft.training.cli import check_run_args
+from minipeft.training.state import CtrlC, restore_rng, rng_state, step_seed
 
 STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
