@@ -17,11 +17,13 @@ training set. Each method's adapter is saved to --out/adapters/ (replacing, and 
 
 The model is minipeft's GPT-2 at the "char" size (4 layers, 4 heads, 128 wide, 256 positions).
 A checkpoint is written to --out at every evaluation: model/ (config.json + model.safetensors,
-loadable with GPT.from_pretrained), tokenizer.json, and train_state.pt (optimizer, step, RNG,
-tokenizer) for --resume. Each step's batch depends only on (--seed, step), so a run that is
-stopped and resumed ends with the same weights as one that ran straight through (on CPU).
-Ctrl-C during pretraining finishes the current step, saves the checkpoint and exits; a second
-Ctrl-C stops at once. The paths written are printed at the end.
+loadable with GPT.from_pretrained), tokenizer.json, and train_state.pt for --resume (the training
+state of minipeft.training.state, as train_gpt2.py writes it, plus the tokenizer). Each step's
+batch depends only on (--seed, step), so a run that is stopped and resumed ends with the same
+weights as one that ran straight through (on CPU). Ctrl-C during pretraining finishes the current
+step, saves the checkpoint and exits; a second Ctrl-C stops at once. A non-finite loss or
+gradient stops the run with the checkpoint left at the last good save. The paths written are
+printed at the end.
 
 `pretrain(args)` is the reusable part: later scripts fine-tune the model it returns.
 """
@@ -42,7 +44,8 @@ from minipeft.training.corpus import default_corpus
 from minipeft.training.tasks import SENTIMENT_LABELS
 from minipeft.training.textdata import read_text
 from minipeft.io.tokenizer import CharTokenizer
-from minipeft.training.state import CtrlC, check_run_args, restore_rng, rng_state, step_seed
+from minipeft.training import cli, loop
+from minipeft.training.state import read_training_state, restore_training_state, save_training_state, step_seed
 
 STATE_FILE = "train_state.pt"
 MODEL_DIR = "model"
@@ -105,8 +108,8 @@ def check_args(parser, args):
     if args.resume and args.retrain:
         parser.error("give --resume (continue the checkpoint in --out) or --retrain (replace it), not both")
     if args.arch == "t5" and args.out == "runs/char":
-        args.out = "runs/char-t5"  # before check_run_args, so that --resume looks in the folder this run uses
-    check_run_args(parser, args, STATE_FILE)
+        args.out = "runs/char-t5"  # before cli.check_run_args, so that --resume looks in the folder this run uses
+    cli.check_run_args(parser, args, STATE_FILE)
     methods = ft.METHODS if args.method == "all" else () if args.method == "none" else tuple(args.method.split(","))
     unknown = [m for m in methods if m not in ft.METHODS]
     if unknown:
@@ -201,16 +204,16 @@ def evaluate(model, data, args):
 def save_checkpoint(out, model, optimizer, tokenizer, step, args):
     """model/ (Hugging Face layout), tokenizer.json and train_state.pt, each written atomically.
 
-    The state file, written last, records the hash of the weights it belongs to, so a run killed
-    between the two writes is detected on --resume instead of silently mixing steps.
+    train_state.pt is minipeft.training.state's training state (the model's tensors, the optimizer,
+    the step, the RNG) plus the tokenizer, this run's arguments and the hash of the weights in
+    model/. It is written last, so a run killed between the writes is detected instead of silently
+    mixing steps.
     """
     model.save_pretrained(os.path.join(out, MODEL_DIR))
     with atomic_write(os.path.join(out, TOKENIZER_FILE), "w") as f:
         f.write(tokenizer.to_json())
-    state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(), "tokenizer": tokenizer.to_json(),
-             "args": dict(vars(args)), "model_sha256": _weights_hash(out)}
-    with atomic_write(os.path.join(out, STATE_FILE)) as f:
-        torch.save(state, f)
+    save_training_state(os.path.join(out, STATE_FILE), model, optimizer, step, tokenizer=tokenizer.to_json(),
+                        args=dict(vars(args)), model_sha256=_weights_hash(out))
     args.saved_step = step  # for the message if the run is interrupted
 
 
@@ -220,13 +223,8 @@ def read_checkpoint(out):
     path, weights = os.path.join(out, STATE_FILE), os.path.join(out, WEIGHTS_FILE)
     if not os.path.isfile(path):
         raise MiniPeftError(f"{path} is missing: {out} holds an incomplete checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise MiniPeftError(f"{path}: not a readable training state, the file is damaged ({type(e).__name__})") from None
-    if not isinstance(state, dict):
-        raise MiniPeftError(f"{path}: not a train_char.py training state (not a dict)")
-    missing = {"step", "optimizer", "rng", "tokenizer", "args", "model_sha256"} - state.keys()
+    state = read_training_state(path)
+    missing = {"tokenizer", "args", "model_sha256"} - state.keys()
     if missing:
         raise MiniPeftError(f"{path}: not a train_char.py training state (it lacks {sorted(missing)})")
     if not isinstance(state["args"], dict) or type(state["step"]) is not int:
@@ -247,20 +245,20 @@ def load_checkpoint(out, args):
     except MiniPeftError as e:
         raise MiniPeftError(f"{e}; it cannot be resumed: --retrain (without --resume) pretrains again and replaces it, "
                             "or pass another --out") from None
-    model = load_saved_model(os.path.join(out, MODEL_DIR), args).train()
-    optimizer = pretrain_optimizer(model, args)
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise MiniPeftError(f"{path}: the optimizer state does not fit the model ({e})") from None
-    restore_rng(state["rng"], path)
-    changed = changed_args(state, args)
-    if changed:
-        tqdm.write(f"note: {', '.join(changed)} differ from the checkpoint's run; the result will differ from a straight run")
+    arch = state["args"].get("arch", "gpt")
+    if arch != args.arch:
+        raise MiniPeftError(f"{path} is a checkpoint of --arch {arch}, this run asks for --arch {args.arch}: pass --arch {arch} "
+                            "to resume it")
     try:
         tokenizer = CharTokenizer.from_json(state["tokenizer"])
     except MiniPeftError as e:
         raise MiniPeftError(f"{path}: {e}") from None
+    model = new_model(args, tokenizer.vocab_size).to(args.device)
+    optimizer = pretrain_optimizer(model, args)
+    restore_training_state(state, path, model, optimizer)
+    changed = changed_args(state, args)
+    if changed:
+        tqdm.write(f"note: {', '.join(changed)} differ from the checkpoint's run; the result will differ from a straight run")
     return model, optimizer, tokenizer, state["step"]
 
 
@@ -277,39 +275,27 @@ def _weights_hash(out):
 # ---- training -------------------------------------------------------------------------------------
 
 def train(model, optimizer, tokenizer, train_data, val_data, args, start_step=0):
-    """Run steps start_step .. --steps (or --stop-at), evaluating and saving every --eval-every steps.
-    A first Ctrl-C finishes the current step, saves a checkpoint and stops. Returns the last (train loss, val loss)."""
+    """Steps start_step .. --steps (or --stop-at) with minipeft.training.loop, evaluating and saving a
+    checkpoint every --eval-every steps and after the last. A first Ctrl-C finishes the current step,
+    saves a checkpoint and stops."""
     end = args.stop_at or args.steps
-    train_loss = val_loss = float("nan")
     recent = []  # training losses since the last evaluation
-    model.train()
-    with CtrlC() as ctrl_c:
-        bar = tqdm(range(start_step, end), initial=start_step, total=end, desc="train", dynamic_ncols=True)
-        for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, args)
-            x = get_batch(train_data, args.batch_size, args.block_size, step_generator(args.seed, step)).to(args.device)
-            loss = lm_loss(model, x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            recent.append(loss.item())
-            bar.set_postfix(loss=f"{recent[-1]:.3f}", val=f"{val_loss:.3f}")
-            done = step + 1
-            if done % args.eval_every == 0 or done == end:
-                train_loss, recent = sum(recent) / len(recent), []
-                val_loss = evaluate(model, val_data, args)
-                bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val_loss:.3f}")
-                tqdm.write(f"step {done}: train loss {train_loss:.4f} (mean since the last evaluation), val loss {val_loss:.4f}")
-                save_checkpoint(args.out, model, optimizer, tokenizer, done, args)
-            elif ctrl_c.requested:
-                save_checkpoint(args.out, model, optimizer, tokenizer, done, args)
-            if ctrl_c.requested:
-                bar.close()
-                raise KeyboardInterrupt
-    bar.close()
-    return train_loss, val_loss
+
+    def loss_at(step):
+        x = get_batch(train_data, args.batch_size, args.block_size, step_generator(args.seed, step))
+        return lm_loss(model, x.to(args.device))
+
+    def evaluate_now_and_then(step, loss):
+        recent.append(loss)
+        done = step + 1
+        if done % args.eval_every == 0 or done == end:
+            tqdm.write(f"step {done}: train loss {sum(recent) / len(recent):.4f} (mean since the last evaluation), "
+                       f"val loss {evaluate(model, val_data, args):.4f}")
+            recent.clear()
+
+    loop.train(model, optimizer, loss_at, end, start=start_step, lr_at=lambda step: cosine_lr(step, args), clip=1.0,
+               on_step=evaluate_now_and_then, save=lambda done: save_checkpoint(args.out, model, optimizer, tokenizer, done, args),
+               save_every=args.eval_every, desc="train")
 
 
 def reusable_checkpoint(args):
@@ -446,11 +432,9 @@ def compare(args, tokenizer):
         options = {"prompt_init": "labels", "label_ids": [codec.encode(w) for w in labels]} if method == "prompt" else {}
         module = ft.make_method(method, model, **options)
         total = model.num_parameters()
-        bar = tqdm(total=args.ft_steps if method != "frozen" else 0, desc=method, dynamic_ncols=True, leave=False)
         with ft.Timer() as timer:
             ft.finetune(module, train_set, codec, steps=args.ft_steps, lr=ft.LEARNING_RATES.get(method, 0.0), seed=args.seed,
-                        device=args.device, progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
-        bar.close()
+                        device=args.device, desc=method)
         row = {"method": method, "trainable": count_parameters(p for p in module.parameters() if p.requires_grad), "total": total,
                "size": saved_size(module, method, os.path.join(args.out, ADAPTERS_DIR)),
                "e2e_loss": ft.evaluate(module, e2e_val, codec, device=args.device),
@@ -475,41 +459,34 @@ def print_table(rows):
 
 def print_checkpoint(args):
     """Where this run's checkpoint was written."""
-    print("saved:\n" + "\n".join(f"  {what:16s} {os.path.join(args.out, name)}" for what, name in (
-        ("model", MODEL_DIR + os.sep + " (config.json + model.safetensors)"), ("tokenizer", TOKENIZER_FILE),
-        ("training state", STATE_FILE))))
+    cli.print_saved([("model", os.path.join(args.out, MODEL_DIR) + os.sep + " (config.json + model.safetensors)"),
+                     ("tokenizer", os.path.join(args.out, TOKENIZER_FILE)), ("training state", os.path.join(args.out, STATE_FILE))])
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = check_args(parser, parser.parse_args(argv))
+def run(args):
+    """Pretrain (or reuse, or resume), print a sample, compare the methods."""
+    model, tokenizer = pretrain(args)
+    stopped = getattr(args, "saved_step", args.steps) < args.steps  # --stop-at: the checkpoint is not finished
+    if getattr(args, "saved_step", None) is not None:
+        print_checkpoint(args)
     try:
-        model, tokenizer = pretrain(args)
-        stopped = getattr(args, "saved_step", args.steps) < args.steps  # --stop-at: the checkpoint is not finished
-        args.pretrained = not stopped  # an interrupt from here on leaves a finished checkpoint
-        if getattr(args, "saved_step", None) is not None:
-            print_checkpoint(args)
         if args.sample_length:
             print(f"---- sample ({args.sample_length} characters, temperature {SAMPLE_TEMPERATURE}) ----")
             print(sample(model, tokenizer, args.prompt, args.sample_length, args.seed, args.block_size))
         if args.methods and not args.stop_at:
             compare(args, tokenizer)
-        if stopped:
-            print(f"stopped at step {args.saved_step} of {args.steps}; continue with the same command, "
-                  f"--resume in place of --stop-at {args.stop_at}")
-    except MiniPeftError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    except OSError as e:  # e.g. the disk is full
-        parser.exit(2, f"{parser.prog}: error: {e.filename or args.out}: {e.strerror or e}\n")
     except KeyboardInterrupt:
-        if getattr(args, "pretrained", False):
-            parser.exit(130, f"\ninterrupted after pretraining: the model in {args.out} is finished, and the next run "
-                             "with the same arguments reuses it\n")
-        step = getattr(args, "saved_step", None)
-        if step is None:
-            parser.exit(130, "\ninterrupted before this run saved a checkpoint (one already in --out is unchanged)\n")
-        parser.exit(130, f"\ninterrupted: {os.path.join(args.out, STATE_FILE)} holds step {step}; "
-                         "continue with the same arguments plus --resume\n")
+        if stopped:
+            raise
+        raise cli.Interrupted(f"interrupted after pretraining: the model in {args.out} is finished, and the next run "
+                              "with the same arguments reuses it") from None
+    if stopped:
+        cli.print_stopped(args)
+
+
+def main(argv=None):
+    parser = build_parser()
+    cli.run_script(parser, check_args(parser, parser.parse_args(argv)), run, STATE_FILE)
 
 
 if __name__ == "__main__":

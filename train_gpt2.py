@@ -41,8 +41,8 @@ from minipeft.training.finetune import n_targets
 from minipeft.training.textdata import collate, load_examples, pair_examples, split
 from minipeft.training.tasks import e2e
 from minipeft.io.tokenizer import gpt2_tokenizer
-from minipeft.training.state import (CtrlC, check_run_args, make_optimizer, read_training_state, restore_training_state,
-                            save_training_state, step_seed)
+from minipeft.training import cli, loop
+from minipeft.training.state import make_optimizer, read_training_state, restore_training_state, save_training_state, step_seed
 
 STATE_FILE = "state.pt"
 ADAPTER_FILE = "adapter.safetensors"
@@ -121,7 +121,7 @@ def check_args(parser, args):
         parser.error(f"--max-length must be at least 2 (one token to read, one to predict), got {args.max_length}")
     if args.resume and args.overwrite:
         parser.error("give --resume (continue the run in --out) or --overwrite (replace it), not both")
-    check_run_args(parser, args, STATE_FILE)
+    cli.check_run_args(parser, args, STATE_FILE)
     earlier = earlier_run(args.out)
     if earlier and not (args.resume or args.overwrite):
         parser.error(f"--out {args.out} already holds a run ({', '.join(earlier)}): continue it with --resume, "
@@ -327,44 +327,18 @@ def save_result(module, args):
     return saved
 
 
-def print_saved(saved):
-    print("saved:\n" + "\n".join(f"  {what:16s} {path}" for what, path in saved))
-
-
 # ---- training ---------------------------------------------------------------------------------------
 
 def train(module, optimizer, train_set, start, base, args):
-    """Steps start .. --steps (or --stop-at); returns the step reached. state.pt is written every
+    """Steps start .. --steps (or --stop-at) with minipeft.training.loop. state.pt is written every
     --save-every steps and at the end; never after a non-finite loss or gradient."""
-    end = args.stop_at or args.steps
-    params = [p for p in module.parameters() if p.requires_grad]
-    module.train()
-    with CtrlC() as ctrl_c:
-        bar = tqdm(range(start, end), initial=start, total=end, desc=f"train {args.method}", dynamic_ncols=True)
-        for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, args)
-            ids, labels = (t.to(args.device) for t in batch_at(train_set, step, args))
-            _, loss = module(ids, labels=labels, return_logits=False)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                bar.close()
-                what = "loss" if not torch.isfinite(loss) else "gradient"
-                raise MiniPeftError(f"non-finite {what} ({loss.item()}) at step {step + 1}; stopped without saving: "
-                                    f"{os.path.join(args.out, STATE_FILE)} keeps the last good save. Try a lower --lr "
-                                    f"(now {args.lr:g}) and --resume, or start again")
-            optimizer.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_at(step, args):.2e}")
-            done = step + 1
-            if done % args.save_every == 0 or done == end or ctrl_c.requested:
-                save_state(module, optimizer, done, base, args)
-            if ctrl_c.requested:
-                bar.close()
-                raise KeyboardInterrupt
-    bar.close()
-    return end
+    def loss_at(step):
+        ids, labels = (t.to(args.device) for t in batch_at(train_set, step, args))
+        return module(ids, labels=labels, return_logits=False)[1]
+
+    loop.train(module, optimizer, loss_at, args.stop_at or args.steps, start=start, lr_at=lambda step: lr_at(step, args),
+               clip=1.0, save=lambda done: save_state(module, optimizer, done, base, args), save_every=args.save_every,
+               desc=f"train {args.method}")
 
 
 def run(args):
@@ -388,28 +362,15 @@ def run(args):
     report(module, tokenizer, val_set, args, "after")
     state = ("training state", os.path.join(args.out, STATE_FILE))
     if (args.stop_at or args.steps) < args.steps:
-        print_saved([state])
-        print(f"stopped at step {args.stop_at} of {args.steps}; continue with the same command, "
-              f"--resume in place of --stop-at {args.stop_at}")
+        cli.print_saved([state])
+        cli.print_stopped(args)
     else:
-        print_saved(save_result(module, args) + [state])
+        cli.print_saved(save_result(module, args) + [state])
 
 
 def main(argv=None):
     parser = build_parser()
-    args = check_args(parser, parser.parse_args(argv))
-    try:
-        run(args)
-    except MiniPeftError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    except OSError as e:  # e.g. the disk is full, or --out cannot be written
-        parser.exit(2, f"{parser.prog}: error: {e.filename or args.out}: {e.strerror or e}\n")
-    except KeyboardInterrupt:
-        step = getattr(args, "saved_step", None)
-        if step is None:
-            parser.exit(130, "\ninterrupted before anything was saved\n")
-        parser.exit(130, f"\ninterrupted: {os.path.join(args.out, STATE_FILE)} holds step {step}; "
-                         "continue with the same arguments plus --resume\n")
+    cli.run_script(parser, check_args(parser, parser.parse_args(argv)), run, STATE_FILE)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     models/    GPT-2 and T5 with the three hooks built in (bias slots, prefix, prompt)
     methods/   BitFit, PrefixTuning, PromptTuning, many tasks in one batch, peft's format
     io/        safetensors, checkpoint folders and their key maps, tokenizers, atomic writes
-    training/  resumable training state, fine-tuning on the generated tasks, data files
+    training/  the training loop and its resumable state, fine-tuning on the generated tasks, data files
 """
 
 from .errors import MiniPeftError

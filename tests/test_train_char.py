@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from minipeft.io import safetensors
 from minipeft.training.corpus import default_corpus
 from minipeft.training.textdata import read_text as load_text
 from minipeft.io.tokenizer import CharTokenizer
+from minipeft.training.state import read_training_state
 from tests.methods_common import exit_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -286,7 +288,7 @@ def refusal(argv, capsys):
     (lambda out: (out / "model" / "model.safetensors").write_bytes(b"\0" * 100), "model/model.safetensors",
      " is not the file train_state.pt was saved with: the weights are damaged, or they and the state are from different steps"),
     (lambda out: (out / "train_state.pt").write_bytes(b"not a torch file"), "train_state.pt",
-     ": not a readable training state, the file is damaged"),
+     ": not a readable training state: the file is damaged"),
     (lambda out: (out / "train_state.pt").unlink(), "train_state.pt", " is missing: "),
     (lambda out: (out / "tokenizer.json").write_text('{"chars": "abc"}'), "tokenizer.json",
      ": not a character tokenizer: it lacks 'unk'"),
@@ -305,6 +307,43 @@ def test_a_damaged_checkpoint_is_named_and_kept(finished, tmp_path, capsys, dama
 
 
 @pytest.mark.usefixtures("one_thread")
+def test_the_training_state_is_the_one_format_holding_the_weights_of_model(finished):
+    state = read_training_state(finished[0] / "train_state.pt")  # as train_gpt2.py's state.pt is read
+    weights = GPT.from_pretrained(finished[0] / "model").state_dict()
+    assert state["module"].keys() == weights.keys() and all(torch.equal(state["module"][k], weights[k]) for k in weights)
+    assert (state["step"], state["args"]["steps"]) == (2, 2)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_state_of_the_earlier_format_is_refused_naming_what_it_lacks(finished, tmp_path, capsys):
+    """train_char.py once wrote train_state.pt without the model's tensors (they were in model/ only)."""
+    out = copy_of(finished, tmp_path)
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    del state["module"]
+    torch.save(state, out / "train_state.pt")
+    before = checkpoint_files(out)
+    for resume in ([], ["--resume"]):
+        error = refusal([*finished[1], "--out", out, *resume], capsys)
+        assert f"error: {out / 'train_state.pt'}: training state lacks ['module']" in error, error
+        assert "--retrain" in error and "another --out" in error
+    assert checkpoint_files(out) == before
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, text_file, capsys):
+    out = tmp_path / "run"
+    argv = ["--data", text_file, *FAST, "--eval-every", "1", "--lr", "1e30", "--out", out]  # one step sends the weights to 1e30
+    assert exit_status(load_script().main, *argv, "--steps", "1") == 0
+    good = checkpoint_files(out)
+    capsys.readouterr()
+    assert exit_status(load_script().main, *argv, "--steps", "4", "--resume") == 2  # the next step's loss is NaN
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and re.search(r"error: non-finite loss \(nan\) at step 2; stopped without saving: "
+                                                rf"{re.escape(str(out / 'train_state.pt'))} keeps the last good save", err), err
+    assert checkpoint_files(out) == good
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_a_finished_checkpoint_of_other_steps_is_refused_with_the_ways_on(finished, tmp_path, capsys):
     out = copy_of(finished, tmp_path)
     before = checkpoint_files(out)
@@ -317,6 +356,8 @@ def test_a_finished_checkpoint_of_other_steps_is_refused_with_the_ways_on(finish
         f"error: {out} holds a finished checkpoint of 2 steps, more than --steps 1: --steps 2 reuses it; " + keep.format(1))
     assert refusal([*argv, "--arch", "t5"], capsys).endswith(
         f"error: {out} holds a checkpoint of --arch gpt, this run asks for --arch t5: pass --arch gpt to use it; " + keep.format(2))
+    assert refusal([*argv, "--arch", "t5", "--resume"], capsys).endswith(
+        f"error: {out / 'train_state.pt'} is a checkpoint of --arch gpt, this run asks for --arch t5: pass --arch gpt to resume it")
     assert checkpoint_files(out) == before
     assert exit_status(load_script().main, *argv, "--steps", "3", "--resume") == 0  # the way it named
     assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 3

@@ -9,7 +9,6 @@ the completion is the decoder's target. Every method goes through the same loop:
     bitfit / prefix / prompt   the adapters of this package
 """
 
-import math
 import time
 
 import torch
@@ -20,6 +19,7 @@ from ..checks import IGNORE
 from ..methods.prefix import PrefixTuning
 from ..methods.prompt import PromptTuning
 from .tasks import e2e, sentiment
+from . import loop
 from .state import make_optimizer, step_seed
 
 METHODS = ("full", "frozen", "bitfit", "prefix", "prompt")
@@ -139,31 +139,30 @@ def _infix(module, starts):
     return {}
 
 
-def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=160, seed=0, device="cpu", progress=None, log_every=10):
-    """Train `module` on (prompt, completion) pairs; returns the loss curve [(step, loss)].
+def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=160, seed=0, device="cpu", desc=None, log_every=10):
+    """Train `module` on (prompt, completion) pairs with loop.train; returns the loss curve [(step, loss)].
 
     Batches are a deterministic function of (seed, step). Stops with a MiniPeftError on a
-    non-finite loss (the caller keeps its last good state).
+    non-finite loss (the caller keeps its last good state). desc: a progress bar's label (None: no bar).
     """
     curve = []
     if not any(p.requires_grad for p in module.parameters()):
         return curve                                             # "frozen": nothing to train
-    opt = make_optimizer(module, lr)
     max_len = fit(module, max_len)
-    module.train()
-    for step in range(steps):
+
+    def loss_at(step):
         g = torch.Generator().manual_seed(step_seed(seed, step))
         picks = torch.randint(len(train), (batch_size,), generator=g).tolist()
-        loss = loss_of(module, batch([train[i] for i in picks], codec, max_len, device), codec)
-        if not math.isfinite(loss.item()):
-            raise MiniPeftError(f"the loss became {loss.item()} at step {step}; lower the learning rate (now {lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return loss_of(module, batch([train[i] for i in picks], codec, max_len, device), codec)
+
+    def log(step, loss):
         if step % log_every == 0 or step == steps - 1:
-            curve.append((step, loss.item()))
-        if progress is not None:
-            progress(step, loss.item())
+            curve.append((step, loss))
+
+    try:
+        loop.train(module, make_optimizer(module, lr), loss_at, steps, on_step=log, desc=desc)
+    except loop.NonFiniteLoss as e:
+        raise MiniPeftError(f"{e}; lower the learning rate (now {lr})") from None
     module.eval()
     return curve
 

@@ -1,11 +1,11 @@
 """Training state that can be saved and resumed: the trainable tensors, the optimizer, the step, RNG;
-and what the training scripts share besides (batch seeds, Ctrl-C handling, argument checks).
+the one format of every training run here (the scripts add their own keys beside these). Also what
+the training loop uses besides: the optimizer, batch seeds, Ctrl-C handling.
 
 Works for an adapter (its own tensors only: the frozen base model is not copied) and for a plain
 model (full fine-tuning). Writes are atomic: a crash mid-save leaves the previous file intact.
 """
 
-import os
 import re
 import signal
 
@@ -23,21 +23,6 @@ def own_state(module):
     if isinstance(module, Adapter):
         state = {k: v for k, v in state.items() if not k.startswith("model.")}
     return state
-
-
-def resolve_device(name):
-    """torch.device(name), checked usable here (CUDA present, the index exists), else a MiniPeftError."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MiniPeftError(f"{name!r} is not a torch device (try cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MiniPeftError(f"{name}: CUDA is not available on this machine (this torch build or driver has none); use cpu")
-    try:
-        torch.empty(1, device=device)
-    except Exception as e:  # e.g. cuda:3 on a machine with one GPU
-        raise MiniPeftError(f"{name}: cannot use it ({str(e).splitlines()[0]})") from None
-    return device
 
 
 def make_optimizer(module, lr, weight_decay=0.0, betas=(0.9, 0.999)):
@@ -176,29 +161,3 @@ class CtrlC:
     def __exit__(self, *exc):
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
-
-
-def check_run_args(parser, args, state_file):
-    """The arguments both training scripts share: --lr, --warmup, --stop-at, --seed, --data, --out,
-    --resume (state_file inside --out), --device. A bad one ends the run with one clear line
-    (parser.error: status 2), before anything is loaded."""
-    if args.lr is not None and not 0 < args.lr < float("inf"):
-        parser.error(f"--lr must be a positive number, got {args.lr}")
-    if args.warmup is not None and args.warmup < 0:
-        parser.error(f"--warmup must be >= 0, got {args.warmup}")
-    if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
-        parser.error(f"--stop-at must be between 1 and --steps ({args.steps}), got {args.stop_at}")
-    if not 0 <= args.seed < 2**32:
-        parser.error(f"--seed must be in [0, 2**32), got {args.seed}")
-    if args.data is not None and os.path.isdir(args.data):
-        parser.error(f"--data {args.data} is a folder; give the data file itself")
-    if args.data is not None and not os.path.isfile(args.data):
-        parser.error(f"--data {args.data}: no such file")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        parser.error(f"--out {args.out} is a file; give a folder")
-    if args.resume and not os.path.isfile(os.path.join(args.out, state_file)):
-        parser.error(f"--resume: no checkpoint in {args.out} (expected {os.path.join(args.out, state_file)})")
-    try:
-        resolve_device(args.device)
-    except MiniPeftError as e:
-        parser.error(f"--device: {e}")

@@ -1,0 +1,58 @@
+"""The training loop: the one that train_char.py's pretraining, train_gpt2.py and the fine-tuning
+of the experiments (finetune.finetune) all run. What differs between them comes in as functions:
+the loss of a step's batch, the learning-rate schedule, what to do after a step, how to save.
+"""
+
+import torch
+from tqdm import tqdm
+
+from ..errors import MiniPeftError
+from .state import CtrlC
+
+
+class NonFiniteLoss(MiniPeftError):
+    """The loss (or the gradient) became inf or nan; the step's update was not made."""
+
+
+def train(module, optimizer, loss_at, steps, *, start=0, lr_at=None, clip=None, on_step=None, save=None,
+          save_every=None, desc=None):
+    """Optimizer steps start .. steps - 1 on module's trainable parameters; returns steps.
+
+    loss_at(step)  the loss of that step's batch, a function of the step alone (so a resumed run
+                   repeats what a straight run would do)
+    lr_at(step)    the step's learning rate (None: the optimizer's own, constant)
+    clip           the gradients' global norm is clipped to it (None: no clipping)
+    on_step(step, loss)  called after each update: evaluation, logging, a loss curve
+    save(done)     writes a state that resumes at step `done`: every save_every steps (if given),
+                   after the last step and when Ctrl-C asks to stop
+    desc           the progress bar's label (None: no bar)
+
+    A non-finite loss or gradient raises NonFiniteLoss before that step's update, and nothing is
+    saved after it: the last save is a good one. A first Ctrl-C stops after the current step (see
+    state.CtrlC), saves, and raises KeyboardInterrupt.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    module.train()
+    with CtrlC() as ctrl_c, tqdm(total=steps, initial=start, desc=desc, disable=desc is None, dynamic_ncols=True) as bar:
+        for step in range(start, steps):
+            if lr_at is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
+            loss = loss_at(step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip is not None else None
+            if not torch.isfinite(loss) or (grad_norm is not None and not torch.isfinite(grad_norm)):
+                what = "loss" if not torch.isfinite(loss) else "gradient"
+                raise NonFiniteLoss(f"non-finite {what} ({loss.item()}) at step {step + 1}")
+            optimizer.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+            bar.update()
+            if on_step is not None:
+                on_step(step, loss.item())
+            done = step + 1
+            if save is not None and ((save_every and done % save_every == 0) or done == steps or ctrl_c.requested):
+                save(done)
+            if ctrl_c.requested:
+                raise KeyboardInterrupt
+    return steps
