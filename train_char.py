@@ -223,7 +223,7 @@ def read_checkpoint(out):
     path, weights = os.path.join(out, STATE_FILE), os.path.join(out, WEIGHTS_FILE)
     if not os.path.isfile(path):
         raise MiniPeftError(f"{path} is missing: {out} holds an incomplete checkpoint")
-    state = read_training_state(path)
+    state = read_training_state(path, required=("optimizer", "step", "rng"))  # "module": see below
     missing = {"tokenizer", "args", "model_sha256"} - state.keys()
     if missing:
         raise MiniPeftError(f"{path}: not a train_char.py training state (it lacks {sorted(missing)})")
@@ -234,6 +234,9 @@ def read_checkpoint(out):
     if state["model_sha256"] != _weights_hash(out):
         raise MiniPeftError(f"{weights} is not the file {STATE_FILE} was saved with: the weights are damaged, or they and "
                             "the state are from different steps (a save was interrupted)")
+    if "module" not in state:  # the earlier format kept the weights in model/ only (the hash above says they belong)
+        arch = state["args"].get("arch", "gpt")
+        state["module"] = (T5 if arch == "t5" else GPT).from_pretrained(os.path.join(out, MODEL_DIR)).state_dict()
     return state
 
 

@@ -315,18 +315,24 @@ def test_the_training_state_is_the_one_format_holding_the_weights_of_model(finis
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_a_state_of_the_earlier_format_is_refused_naming_what_it_lacks(finished, tmp_path, capsys):
-    """train_char.py once wrote train_state.pt without the model's tensors (they were in model/ only)."""
+def test_a_state_of_the_earlier_format_is_reused_and_resumed(finished, tmp_path, capsys):
+    """train_char.py once wrote train_state.pt without the model's tensors (they were in model/ only,
+    which the state's hash ties to it): such a checkpoint is still reused and resumed."""
     out = copy_of(finished, tmp_path)
     state = torch.load(out / "train_state.pt", weights_only=True)
     del state["module"]
     torch.save(state, out / "train_state.pt")
     before = checkpoint_files(out)
-    for resume in ([], ["--resume"]):
-        error = refusal([*finished[1], "--out", out, *resume], capsys)
-        assert f"error: {out / 'train_state.pt'}: training state lacks ['module']" in error, error
-        assert "--retrain" in error and "another --out" in error
+    assert exit_status(load_script().main, *finished[1], "--out", out) == 0
+    assert "reusing the pretrained model" in capsys.readouterr().out
     assert checkpoint_files(out) == before
+    straight = copy_of(finished, tmp_path / "straight")
+    more = list(finished[1])
+    more[more.index("--steps") + 1] = "3"  # one step more than the checkpoint holds
+    for folder in (out, straight):
+        assert exit_status(load_script().main, *more, "--out", folder, "--resume") == 0
+    assert load_weights(out).keys() == load_weights(straight).keys()
+    assert all(torch.equal(load_weights(out)[k], load_weights(straight)[k]) for k in load_weights(out))
 
 
 @pytest.mark.usefixtures("one_thread")

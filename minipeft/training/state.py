@@ -72,9 +72,9 @@ def save_training_state(path, module, optimizer, step, **extra):
                     "rng": rng_state(), **extra}, f)
 
 
-def read_training_state(path):
-    """The dict save_training_state wrote to path, its keys checked; nothing is restored yet
-    (a caller can check what the state says, e.g. the run's arguments, before restore_training_state)."""
+def read_training_state(path, required=("module", "optimizer", "step", "rng")):
+    """The dict save_training_state wrote to path, its `required` keys checked; nothing is restored
+    yet (a caller can check what the state says, e.g. the run's arguments, before restore_training_state)."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -84,7 +84,7 @@ def read_training_state(path):
         raise MiniPeftError(f"{path}: not a training state (expected a dict, got {type(saved).__name__})")
     if "torch_rng" in saved:  # written before the CUDA states were saved too: the CPU state alone
         saved["rng"] = {"cpu": saved.pop("torch_rng")}
-    missing = {"module", "optimizer", "step", "rng"} - set(saved)
+    missing = set(required) - set(saved)
     if missing:
         raise MiniPeftError(f"{path}: training state lacks {sorted(missing)} (save_training_state writes "
                             "module, optimizer, step and rng)")
