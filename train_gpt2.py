@@ -35,7 +35,8 @@ import torch
 from tqdm import tqdm
 
 from minipeft import GPT, BitFit, GPTConfig, MiniPeftError, PrefixTuning, PromptTuning
-from minipeft.methods.adapter import Adapter, fingerprint, same_base
+from minipeft.io.adapter_file import fingerprint, same_base
+from minipeft.methods.adapter import Adapter
 from minipeft.methods.bitfit import TERMS
 from minipeft.training.finetune import n_targets
 from minipeft.training.textdata import collate, load_examples, pair_examples, split

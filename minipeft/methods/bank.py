@@ -11,7 +11,8 @@ Rows may mix methods. A row equals running its task alone (the tests check < 1e-
 import torch
 import torch.nn as nn
 
-from .adapter import Adapter, fingerprint, model_dtype, same_base
+from ..io.adapter_file import fingerprint, same_base
+from .adapter import Adapter, model_dtype
 from ..errors import MiniPeftError
 from .prefix import PrefixTuning
 from .prompt import PromptTuning

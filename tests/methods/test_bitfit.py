@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from minipeft import GPT, BitFit, GPTConfig, MiniPeftError
-from minipeft.methods.adapter import fingerprint, last_token_index, same_base
+from minipeft.io.adapter_file import fingerprint, same_base
+from minipeft.methods.adapter import last_token_index
 from minipeft.models.layers import bias_slots
 from tests.methods_common import GPT_TINY, nudge, snapshot, tiny_gpt, tiny_t5, toy_batch, train
 
@@ -292,7 +293,7 @@ def test_a_change_to_any_one_tensor_is_refused_in_every_dtype_pair(make):
 
 
 def test_fingerprint_is_computed_once_per_model_until_a_weight_changes(monkeypatch):
-    import minipeft.methods.adapter as adapter_module
+    import minipeft.io.adapter_file as adapter_module
     computed = []
     compute = adapter_module._compute_fingerprint
     monkeypatch.setattr(adapter_module, "_compute_fingerprint", lambda *args: computed.append(1) or compute(*args))

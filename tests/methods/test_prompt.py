@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from minipeft import GPT, GPTConfig, MiniPeftError, PromptTuning
-from minipeft.methods.adapter import FORMAT_VERSION
+from minipeft.io.adapter_file import FORMAT_VERSION
 from tests.methods_common import snapshot, tiny_gpt, toy_batch, train
 
 
