@@ -1,9 +1,10 @@
-"""Every runtime argument check, in one place: the public entries (GPT/T5 forward and generate,
-KVCache.start_with) call these once, before any computation; the math below them trusts its inputs.
+"""The runtime argument checks the models share, in one place: the public entries (GPT/T5 forward
+and generate, KVCache.start_with, PromptTuning's shared-prompt path) call these before any
+computation; the math below them trusts its inputs. (Checks of one model's own hook arguments
+stay at its entry, e.g. GPT._check_hook_masks, and bias_delta's in layers.bias_deltas.)
 
 Each raises one MiniPeftError that names what is wrong and what was expected. (Untrusted files:
-safetensors headers, configs, adapter metadata, are checked where they are read, in minipeft/io
-and methods/adapter.py.)
+safetensors headers, configs, adapter metadata, are checked where they are read, in minipeft/io.)
 """
 
 import math

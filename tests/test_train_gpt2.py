@@ -218,6 +218,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, capsys):
     assert "Traceback" not in err and re.search(r"error: non-finite loss \(nan\) at step 2; stopped without saving", err)
     assert (tmp_path / "state.pt").read_bytes() == good
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    fresh = tmp_path / "fresh"  # a run that saved nothing yet names no state to resume from
+    assert main(*common[:-1], fresh, "--steps", "4") == 2
+    err = capsys.readouterr().err
+    assert "stopped before this run saved anything. Start again with a lower --lr" in err and "--resume" not in err, err
 
 
 @pytest.mark.parametrize("argv, message", [

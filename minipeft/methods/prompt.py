@@ -129,7 +129,7 @@ class PromptTuning(Adapter):
         """Whether the rows can share one run of the prompt (see forward): GPT-2, several rows, one
         prompt, at most one prefix for all rows, no left padding with positions="real" (a leading
         pad would take its position after the prompt slots; with "plain" every slot keeps its
-        index), no per-row slot masks, infix or biases, no cache, no dropout drawing a different
+        index), no per-row slot masks, infix or bias deltas, no cache, no dropout drawing a different
         mask per row, and everything within the context (else the plain path raises the clear error)."""
         model = self.model
         if model.arch != "gpt" or self.n_ensemble != 1:
@@ -150,7 +150,7 @@ class PromptTuning(Adapter):
             return False
         if kwargs.get("positions", "real") == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all()):
             return False
-        if any(d.dim() == 2 for d in (kwargs.get("bias_delta") or {}).values()):
+        if kwargs.get("bias_delta"):  # biases would move the prompt's states too: the per-row path applies them
             return False
         if prefix is not None and any(t.shape[0] != 1 for pair in prefix for t in pair):
             return False

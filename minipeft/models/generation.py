@@ -3,7 +3,6 @@
 import torch
 
 
-
 def pick_next(logits, temperature=0.0, top_k=None, generator=None):
     """logits [B, V] -> next token ids [B]. temperature 0 is greedy (argmax). Arguments as
     check_decoding returns them (generate checks them once, not at every token)."""

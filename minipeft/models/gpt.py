@@ -211,7 +211,7 @@ class GPT(nn.Module):
         that token index instead of in front (an infix: [x; INFIX; y]). hidden=True returns the final
         hidden states [B, T, n_embd] instead of logits (for a task head). return_logits=False (with
         labels) returns (None, loss) and never holds the [B, T, vocab] logits (see
-        layers.linear_cross_entropy): what training loops want. positions: "real" (padding takes no
+        speed.linear_cross_entropy): what training loops want. positions: "real" (padding takes no
         position) or "plain" (every slot counts: peft's numbers on padded batches); see the module docstring.
         """
         B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, labels)
@@ -373,7 +373,8 @@ class GPT(nn.Module):
     def from_pretrained(cls, path, *, n_head=None, dtype=torch.float32):
         """Load GPT-2 weights from a Hugging Face-layout folder (config.json + model.safetensors or
         pytorch_model.bin) or one .safetensors/.bin file (config inferred from the shapes; n_head
-        defaults to n_embd // 64, true of every released GPT-2). Returns the model in eval mode."""
+        defaults to n_embd // 64, true of every released GPT-2). Dropouts: config.json's (0.1 where
+        absent, as transformers reads it); a bare file has no config, so 0.0. Returns the model in eval mode."""
         from ..io import gpt2_checkpoint  # it needs GPTConfig: imported here, not at the top
         return gpt2_checkpoint.load(cls, path, n_head=n_head, dtype=dtype)
 

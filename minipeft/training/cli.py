@@ -25,6 +25,9 @@ def run_script(parser, args, run, state_file):
     try:
         run(args)
     except NonFiniteLoss as e:
+        if getattr(args, "saved_step", None) is None and not getattr(args, "resume", False):  # no good state of this run
+            parser.exit(2, f"{parser.prog}: error: {e}; stopped before this run saved anything. "
+                           f"Start again with a lower --lr (now {args.lr:g})\n")
         parser.exit(2, f"{parser.prog}: error: {e}; stopped without saving: {state} keeps the last good save. "
                        f"Try a lower --lr (now {args.lr:g}) and --resume, or start again\n")
     except MiniPeftError as e:

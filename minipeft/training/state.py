@@ -129,6 +129,9 @@ def _mismatch(saved, own):
         k = shapes[0]
         parts.append(f"{len(shapes)} differ in shape, e.g. {k}: saved {list(getattr(saved[k], 'shape', []))}, "
                      f"here {list(own[k].shape)}")
+    if any(k.startswith("deltas.") for k in extra) and any(k.startswith("biases.") for k in lacks):
+        parts.append("this is a BitFit state from before adapter format 2, which trained deltas from the base "
+                     "biases; BitFit now trains the biases themselves: start the run again")
     return "; ".join(parts)
 
 

@@ -254,3 +254,16 @@ def test_shared_prompt_path_checks_its_arguments_first():
         adapter(ids, prefix=[(torch.zeros(1, 4, 2, 8),) * 2])
     with pytest.raises(MiniPeftError, match="token ids must be in"):
         adapter(ids + 100)
+
+
+def test_shared_prompt_with_bias_deltas_equals_the_prompt_in_every_row():
+    """Bias deltas move the prompt's own states too: an adapter call with them equals the prompt
+    prepended to every row, and a malformed one is refused as the model refuses it."""
+    model, adapter, plain = _shared_prompt_pair()
+    ids = torch.randint(0, SHARED["vocab_size"], (3, 7))
+    delta = {"h.0.attn.c_attn.bias_value": torch.randn(SHARED["n_embd"]), "h.1.mlp.c_fc.bias": torch.randn(4 * SHARED["n_embd"])}
+    with torch.no_grad():
+        assert (adapter(ids, bias_delta=delta) - plain(ids, bias_delta=delta)).abs().max() < 1e-5
+    for bad in ([torch.zeros(SHARED["n_embd"])], {"h.0.mlp.c_proj.bias": [0.0] * SHARED["n_embd"]}):
+        with pytest.raises(MiniPeftError, match="bias_delta"):
+            adapter(ids, bias_delta=bad)

@@ -165,3 +165,17 @@ def test_a_state_of_another_adapter_names_what_differs(tmp_path):
     with pytest.raises(MiniPeftError, match=r"tensor\(s\) of this one are not in the state, e\.g\. .*saved tensor\(s\) are "
                                             r"not in this one, e\.g\. "):
         load_training_state(tmp_path / "state.pt", c, make_optimizer(c, 1e-2))
+
+
+def test_a_bitfit_state_of_the_delta_format_says_why_it_cannot_resume(tmp_path):
+    from minipeft import BitFit
+    from minipeft.training.state import read_training_state, restore_training_state
+    model = tiny_gpt()
+    adapter = BitFit(model, "paper")
+    opt = make_optimizer(adapter, 1e-3)
+    save_training_state(tmp_path / "state.pt", adapter, opt, 3)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    state["module"] = {k.replace("biases.", "deltas."): v for k, v in state["module"].items()}  # as format 1 saved it
+    torch.save(state, tmp_path / "state.pt")
+    with pytest.raises(MiniPeftError, match="BitFit state from before adapter format 2.*start the run again"):
+        restore_training_state(read_training_state(tmp_path / "state.pt"), tmp_path / "state.pt", adapter, opt)
