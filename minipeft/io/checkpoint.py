@@ -169,6 +169,19 @@ def _to_ours(key, t):
     return list(t.chunk(len(key.ours), 0))
 
 
+FAMILIES = {"gpt2": ("GPT", "GPT-2"), "t5": ("T5", "T5")}  # config.json's model_type -> (minipeft class, family)
+
+
+def require_model_type(config, path, model_type):
+    """Refuse a config.json of another family first (it lacks this family's fields), naming the class that reads it."""
+    found = config.get("model_type", model_type)
+    if found != model_type:
+        cls, family = FAMILIES[model_type]
+        hint = f"; load it with {FAMILIES[found][0]}.from_pretrained" if found in FAMILIES else ""
+        raise MiniPeftError(f"{path}: model_type is {found!r}; {cls}.from_pretrained reads {family} folders "
+                            f"(model_type {model_type!r}){hint}")
+
+
 def require(config, path, field, kind=int, minimum=1):
     """Fetch config[field], refusing a missing, mistyped or out-of-range value before anything is allocated."""
     if field not in config:

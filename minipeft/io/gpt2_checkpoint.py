@@ -40,11 +40,7 @@ def _strip_prefix(state):
 
 def config_from_hf(hf, source):
     """GPTConfig from a transformers GPT-2 config.json dict, refusing what minipeft does not implement."""
-    model_type = hf.get("model_type", "gpt2")  # first: another family's folder lacks GPT-2's fields
-    if model_type != "gpt2":
-        hint = "; load it with T5.from_pretrained" if model_type == "t5" else ""
-        raise MiniPeftError(f"{source}: model_type is {model_type!r}; GPT.from_pretrained reads GPT-2 folders "
-                            f"(model_type 'gpt2'){hint}")
+    checkpoint.require_model_type(hf, source, "gpt2")
     req = checkpoint.require
     vocab, n_pos, n_embd, n_layer, n_head = (req(hf, source, f) for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"))
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):

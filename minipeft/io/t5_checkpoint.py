@@ -78,11 +78,7 @@ def _embeddings_and_head(state, cfg, source):
 
 def config_from_hf(hf, source):
     """T5Config from a transformers T5 config.json dict, refusing what minipeft does not implement."""
-    model_type = hf.get("model_type", "t5")  # first: another family's folder lacks T5's fields
-    if model_type != "t5":
-        hint = "; load it with GPT.from_pretrained" if model_type == "gpt2" else ""
-        raise MiniPeftError(f"{source}: model_type is {model_type!r}; T5.from_pretrained reads T5 folders "
-                            f"(model_type 't5'){hint}")
+    checkpoint.require_model_type(hf, source, "t5")
     req = checkpoint.require
     vocab, d_model, d_kv, d_ff, n_layers, n_heads = (req(hf, source, f) for f in
                                                      ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"))
