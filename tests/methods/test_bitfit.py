@@ -319,14 +319,20 @@ def test_fingerprint_is_computed_once_per_model_until_a_weight_changes(monkeypat
     assert same_base(first, fingerprint(copy.deepcopy(model))) and len(computed) == 7  # another model object
 
 
-def test_old_format_fingerprint_still_loads(tmp_path):
+def _saved_with_base(model, path, base):
+    """A trained paper-BitFit adapter of model saved at path with `base` as its fingerprint; its tensors."""
     import json
     from minipeft.io import safetensors
-    model = tiny_gpt()
-    path = tmp_path / "old.safetensors"
     nudge(BitFit(model, "paper")).save(path)
     tensors, meta = safetensors.load(path)
-    safetensors.save(path, tensors, {**meta, "base": json.dumps(_fingerprint_v1(model), sort_keys=True)})
+    safetensors.save(path, tensors, {**meta, "base": json.dumps(base, sort_keys=True)})
+    return tensors
+
+
+def test_old_format_fingerprint_still_loads(tmp_path):
+    model = tiny_gpt()
+    path = tmp_path / "old.safetensors"
+    tensors = _saved_with_base(model, path, _fingerprint_v1(model))
     loaded = BitFit.load(model, path)
     assert all(torch.equal(a, tensors[s]) for s, a in zip(loaded.slots, loaded.biases))
     with pytest.raises(MiniPeftError, match="or on this one in another dtype .*older minipeft.*torch.float32"):
@@ -351,13 +357,9 @@ def _fingerprint_v2(model):
 def test_files_with_the_older_sample_still_load(tmp_path):
     """They compare as they did: the same model in the same dtype (or the sample within rounding in
     another) loads; another model is refused."""
-    import json
-    from minipeft.io import safetensors
     model = tiny_gpt()
     path = tmp_path / "v2.safetensors"
-    nudge(BitFit(model, "paper")).save(path)
-    tensors, meta = safetensors.load(path)
-    safetensors.save(path, tensors, {**meta, "base": json.dumps(_fingerprint_v2(model), sort_keys=True)})
+    tensors = _saved_with_base(model, path, _fingerprint_v2(model))
     loaded = BitFit.load(model, path)
     assert all(torch.equal(a, tensors[s]) for s, a in zip(loaded.slots, loaded.biases))
     BitFit.load(copy.deepcopy(model).to(torch.bfloat16), path)
