@@ -3,6 +3,8 @@ of the experiments (finetune.finetune) all run. What differs between them comes 
 the loss of a step's batch, the learning-rate schedule, what to do after a step, how to save.
 """
 
+import math
+
 import torch
 from tqdm import tqdm
 
@@ -42,14 +44,15 @@ def train(module, optimizer, loss_at, steps, *, start=0, lr_at=None, clip=None, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip is not None else None
-            if not torch.isfinite(loss) or (grad_norm is not None and not torch.isfinite(grad_norm)):
-                what = "loss" if not torch.isfinite(loss) else "gradient"
-                raise NonFiniteLoss(f"non-finite {what} ({loss.item()}) at step {step + 1}")
+            value = loss.item()
+            if not math.isfinite(value) or (grad_norm is not None and not torch.isfinite(grad_norm)):
+                what = "loss" if not math.isfinite(value) else "gradient"
+                raise NonFiniteLoss(f"non-finite {what} ({value}) at step {step + 1}")
             optimizer.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
             bar.update()
             if on_step is not None:
-                on_step(step, loss.item())
+                on_step(step, value)
             done = step + 1
             if save is not None and ((save_every and done % save_every == 0) or done == steps or ctrl_c.requested):
                 save(done)
