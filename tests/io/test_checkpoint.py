@@ -38,12 +38,14 @@ def test_unexpected_key(folder):
 
 
 def test_mask_buffers_and_transformer_prefix_are_accepted(folder):
+    want = GPT.from_pretrained(folder).state_dict()
     def edit(s):
         s["h.0.attn.bias"] = torch.ones(1, 1, 16, 16)  # causal-mask buffer in older checkpoints
         for k in list(s):
             s["transformer." + k] = s.pop(k)
     _edit_weights(folder, edit)
-    GPT.from_pretrained(folder)
+    got = GPT.from_pretrained(folder).state_dict()  # the same weights: the buffer skipped, the prefix stripped
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_wrong_shape_names_key_and_shapes(folder):
