@@ -177,7 +177,8 @@ def require_model_type(config, path, model_type):
     found = config.get("model_type", model_type)
     if found != model_type:
         cls, family = FAMILIES[model_type]
-        hint = f"; load it with {FAMILIES[found][0]}.from_pretrained" if found in FAMILIES else ""
+        known = isinstance(found, str) and found in FAMILIES  # a damaged config may hold any JSON here
+        hint = f"; load it with {FAMILIES[found][0]}.from_pretrained" if known else ""
         raise MiniPeftError(f"{path}: model_type is {found!r}; {cls}.from_pretrained reads {family} folders "
                             f"(model_type {model_type!r}){hint}")
 
