@@ -172,8 +172,8 @@ def lm_loss(model, x):
     writes the second (ids shifted by 2: 0 and 1 are T5's pad/start and eos)."""
     if model.arch == "t5":
         half = x.shape[1] // 2
-        return model(x[:, :half] + 2, labels=x[:, half:] + 2, return_logits=False)[1]
-    return model(x, labels=x, return_logits=False)[1]
+        return model(x[:, :half] + 2, labels=x[:, half:] + 2)
+    return model(x, labels=x)
 
 
 def new_model(args, vocab_size):

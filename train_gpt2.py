@@ -224,7 +224,7 @@ def evaluate(module, val_set, args):
     for i in range(0, len(examples), args.batch_size):
         ids, labels = collate(examples[i:i + args.batch_size])
         n = n_targets(labels, "gpt")
-        _, loss = module(ids.to(args.device), labels=labels.to(args.device), return_logits=False)
+        loss = module(ids.to(args.device), labels=labels.to(args.device))
         total, count = total + loss.item() * n, count + n
     module.train()
     return total / count
@@ -335,7 +335,7 @@ def train(module, optimizer, train_set, start, base, args):
     --save-every steps and at the end; never after a non-finite loss or gradient."""
     def loss_at(step):
         ids, labels = (t.to(args.device) for t in batch_at(train_set, step, args))
-        return module(ids, labels=labels, return_logits=False)[1]
+        return module(ids, labels=labels)
 
     loop.train(module, optimizer, loss_at, args.stop_at or args.steps, start=start, lr_at=lambda step: lr_at(step, args),
                clip=1.0, save=lambda done: save_state(module, optimizer, done, base, args), save_every=args.save_every,

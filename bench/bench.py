@@ -244,11 +244,11 @@ def train_steps(kind, ours, ref, size, device):
     losses = {"minipeft": [], "reference": []}
     if kind == "gpt":
         ids = gpt_batch(size, device)
-        call_ours = lambda: ours(ids, labels=ids, return_logits=False)[1]  # noqa: E731
+        call_ours = lambda: ours(ids, labels=ids)  # noqa: E731
         call_ref = lambda: ref(input_ids=ids, labels=ids).loss  # noqa: E731
     else:
         ids, mask, labels = t5_batch(size, device)
-        call_ours = lambda: ours(ids, attention_mask=mask, labels=labels, return_logits=False)[1]  # noqa: E731
+        call_ours = lambda: ours(ids, attention_mask=mask, labels=labels)  # noqa: E731
         call_ref = lambda: ref(input_ids=ids, attention_mask=mask, labels=labels).loss  # noqa: E731
 
     def step(call, opt, name):
@@ -496,7 +496,7 @@ def one_case(case):
         module = wrap_ours(minipeft.GPT(gpt_config(size)).to(device).train(), method)
         opt = make_optimizer(module, LR)
         ids = gpt_batch(size, device)
-        call = lambda: module(ids, labels=ids, return_logits=False)[1]  # noqa: E731
+        call = lambda: module(ids, labels=ids)  # noqa: E731
     else:
         module = wrap_ref(hf_gpt(size).to(device).train(), method)
         opt = ref_optimizer(module)

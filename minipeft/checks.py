@@ -1,7 +1,6 @@
-"""The runtime argument checks the models share, in one place: the public entries (GPT/T5 forward
-and generate, KVCache.start_with, PromptTuning's shared-prompt path) call these before any
-computation; the math below them trusts its inputs. (Checks of one model's own hook arguments
-stay at its entry, e.g. GPT._check_hook_masks, and bias_delta's in layers.bias_deltas.)
+"""Every runtime argument check, in one place: the public entries (GPT/T5 hidden_states, forward,
+encode and generate, the model configs, KVCache.start_with, PromptTuning's shared-prompt path)
+call these once, before any computation; the math below them trusts its inputs.
 
 Each raises one MiniPeftError that names what is wrong and what was expected. (Untrusted files:
 safetensors headers, configs, adapter metadata, are checked where they are read, in minipeft/io.)
@@ -124,3 +123,167 @@ def _integer(name, x, minimum, what):
     if value is None or value < minimum:
         raise MiniPeftError(f"{name} must be {what}, got {x!r}")
     return value
+
+
+# ---- the models' configs ---------------------------------------------------------------------
+
+def check_gpt_config(cfg, source="GPTConfig"):
+    """A GPTConfig built by hand or read from a config.json: positive sizes, heads dividing the width,
+    dropouts in [0, 1). Returns cfg."""
+    for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        _positive(source, f, getattr(cfg, f))
+    if cfg.n_inner is not None and (type(cfg.n_inner) is not int or cfg.n_inner < 1):
+        raise MiniPeftError(f"{source}: n_inner must be a positive integer or null, got {cfg.n_inner!r}")
+    if cfg.n_embd % cfg.n_head:
+        raise MiniPeftError(f"{source}: n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
+    for name in ("embd_pdrop", "attn_pdrop", "resid_pdrop"):
+        _probability(source, name, getattr(cfg, name))
+    return cfg
+
+
+def check_t5_config(cfg, feed_forwards, source="T5Config"):
+    """A T5Config built by hand or read from a config.json. Returns cfg."""
+    for f in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+              "relative_attention_num_buckets", "relative_attention_max_distance"):
+        _positive(source, f, getattr(cfg, f))
+    buckets, distance = cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+    if buckets < 4:  # the encoder splits them by sign, then half exact
+        raise MiniPeftError(f"{source}: relative_attention_num_buckets must be >= 4, got {buckets}")
+    if distance <= buckets // 2:
+        raise MiniPeftError(f"{source}: relative_attention_max_distance ({distance}) must exceed "
+                            f"relative_attention_num_buckets // 2 ({buckets // 2})")
+    if cfg.feed_forward not in feed_forwards:
+        raise MiniPeftError(f"{source}: feed_forward must be one of {feed_forwards}, got {cfg.feed_forward!r}")
+    _probability(source, "dropout", cfg.dropout)
+    if type(cfg.layer_norm_eps) not in (int, float) or not 0 < cfg.layer_norm_eps < 1:
+        raise MiniPeftError(f"{source}: layer_norm_eps must be a small positive number, got {cfg.layer_norm_eps!r}")
+    for f in ("tie_word_embeddings", "bias"):
+        if type(getattr(cfg, f)) is not bool:
+            raise MiniPeftError(f"{source}: {f} must be true or false, got {getattr(cfg, f)!r}")
+    return cfg
+
+
+def _positive(source, name, value):
+    if type(value) is not int or value < 1:
+        raise MiniPeftError(f"{source}: {name} must be a positive integer, got {value!r}")
+
+
+def _probability(source, name, value):
+    if type(value) not in (int, float) or not 0 <= value < 1:
+        raise MiniPeftError(f"{source}: {name} must be in [0, 1), got {value!r}")
+
+
+# ---- one model call --------------------------------------------------------------------------
+
+def check_bias_delta(deltas, slots, batch):
+    """bias_delta {slot name: [width] or [batch or 1, width]}, in the model's dtype and device.
+    slots: layers.bias_slots(model), every (name, module, attribute, role)."""
+    if not deltas:
+        return
+    if not isinstance(deltas, dict):
+        raise MiniPeftError(f"bias_delta must be a dict {{bias slot name: tensor}}; got {type(deltas).__name__}")
+    modules = {name: (module, role) for name, module, _, role in slots}
+    for name, d in deltas.items():
+        if name not in modules:
+            raise MiniPeftError(f"bias_delta names {name!r}, which is not a bias slot of this model")
+        module, role = modules[name]
+        w = module.parts[role]
+        if not isinstance(d, torch.Tensor) or d.shape[-1:] != (w,) or d.dim() not in (1, 2) or (d.dim() == 2 and d.shape[0] not in (1, batch)):
+            got = list(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
+            raise MiniPeftError(f"bias_delta {name!r} must be [{w}] or [{batch}, {w}]; got {got}")
+        if d.dtype != module.weight.dtype or d.device != module.weight.device:
+            raise MiniPeftError(f"bias_delta {name!r} is {d.dtype} on {d.device}; the model is {module.weight.dtype} on {module.weight.device}")
+
+
+def check_gpt_call(model, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None, prefix_mask=None,
+                   infix_at=None, prompt_mask=None, positions="real", bias_slots=None):
+    """The arguments of GPT.hidden_states (and so forward and generate); returns (B, T).
+    bias_slots: layers.bias_slots(model), needed when bias_delta is given."""
+    cfg, w = model.config, model.wte.weight
+    B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
+    if attention_mask is not None:
+        check_attention_mask("attention_mask", attention_mask, (B, T), every_row_real=prompt is None and prefix is None)
+    if prompt is not None:
+        check_hook_tensor("prompt", prompt, (B, None, cfg.n_embd), w.device, w.dtype)
+    if prefix is not None:
+        check_prefix("prefix", prefix, cfg.n_layer, B, cfg.n_head, cfg.head_dim, w.device, w.dtype)
+    for name, m, hook in (("prefix_mask", prefix_mask, prefix), ("prompt_mask", prompt_mask, prompt)):
+        if m is not None:
+            if hook is None:
+                raise MiniPeftError(f"{name} given without {name.split('_')[0]}")
+            check_slot_mask(name, m, B, hook[0][0].shape[2] if name == "prefix_mask" else hook.shape[1])
+    if infix_at is not None:
+        if prefix is None:
+            raise MiniPeftError("infix_at given without prefix")
+        if not isinstance(infix_at, torch.Tensor) or infix_at.shape != (B,) or infix_at.dtype != torch.long or bool((infix_at < 0).any()):
+            got = f"{infix_at.dtype} {list(infix_at.shape)}" if isinstance(infix_at, torch.Tensor) else type(infix_at).__name__
+            raise MiniPeftError(f"infix_at must be a torch.long tensor of {B} non-negative token indices; got {got}")
+    check_bias_delta(bias_delta, bias_slots, B)
+    check_positions(positions)
+    return B, T
+
+
+PREFIX_SITES = ("encoder", "decoder", "cross")  # T5's prefix dict keys
+
+
+def check_t5_call(model, input_ids, attention_mask=None, *, decoder_input_ids=None, decoder_attention_mask=None,
+                  prefix=None, prompt=None, bias_delta=None, prefix_mask=None, prompt_mask=None, encoder_out=None,
+                  positions="real", bias_slots=None, decoding=True):
+    """The arguments of T5.hidden_states (decoding=True) or T5.encode / generate (decoding=False);
+    returns the batch size. bias_slots: layers.bias_slots(model), needed when bias_delta is given."""
+    cfg, w = model.config, model.shared.weight
+    if prefix is not None and (not isinstance(prefix, dict) or not set(prefix) <= set(PREFIX_SITES)):
+        got = sorted(prefix) if isinstance(prefix, dict) else type(prefix).__name__
+        raise MiniPeftError(f"prefix must be a dict with keys among {PREFIX_SITES}; got {got}")
+    prefix = prefix or {}
+    if encoder_out is None:
+        B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
+        if attention_mask is not None:
+            check_attention_mask("attention_mask", attention_mask, (B, T),
+                                 every_row_real=prompt is None and "cross" not in prefix)  # else keys to attend to
+        if prompt is not None:
+            check_hook_tensor("prompt", prompt, (B, None, cfg.d_model), w.device, w.dtype)
+    else:
+        if input_ids is not None or attention_mask is not None or prompt is not None or "encoder" in prefix:
+            raise MiniPeftError("encoder_out replaces input_ids, attention_mask, prompt and prefix['encoder'] "
+                                "(give those to encode()); pass either encoder_out or input_ids")
+        if not isinstance(encoder_out, (tuple, list)) or len(encoder_out) != 2:
+            raise MiniPeftError("encoder_out must be the (hidden, mask) pair that encode() returns")
+        hidden, mask = encoder_out
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[-1] != cfg.d_model:
+            raise MiniPeftError(f"encoder_out hidden must be [batch, seq, {cfg.d_model}]")
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(hidden.shape[:2]):
+            raise MiniPeftError(f"encoder_out mask must be [batch, seq] = {list(hidden.shape[:2])}")
+        B = hidden.shape[0]
+    for key, n_layer in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers), ("cross", cfg.num_decoder_layers)):
+        if key in prefix:
+            check_prefix(f"prefix[{key!r}]", prefix[key], n_layer, B, cfg.num_heads, cfg.d_kv, w.device, w.dtype)
+    if prefix_mask is not None and (not isinstance(prefix_mask, dict) or not set(prefix_mask) <= set(prefix)):
+        raise MiniPeftError(f"prefix_mask must be a dict over the prefix's sites {sorted(prefix)}")
+    for site, m in (prefix_mask or {}).items():
+        check_slot_mask(f"prefix_mask[{site!r}]", m, B, prefix[site][0][0].shape[2])
+    if prompt_mask is not None:
+        if prompt is None:
+            raise MiniPeftError("prompt_mask given without prompt")
+        check_slot_mask("prompt_mask", prompt_mask, B, prompt.shape[1])
+    check_bias_delta(bias_delta, bias_slots, B)
+    check_positions(positions)
+    if decoding:
+        if decoder_input_ids is None:
+            raise MiniPeftError("give decoder_input_ids, or labels (then decoder_input_ids = shift_right(labels))")
+        Bd, Td = check_ids("decoder_input_ids", decoder_input_ids, cfg.vocab_size)
+        if Bd != B:
+            raise MiniPeftError(f"decoder_input_ids has batch {Bd}, the encoder input {B}")
+        if decoder_attention_mask is not None:
+            check_attention_mask("decoder_attention_mask", decoder_attention_mask, (B, Td))
+    return B
+
+
+def check_t5_labels(labels, decoder_input_ids, vocab_size):
+    """T5's labels [B, T_dec] (-100 where no loss is wanted), shaped like decoder_input_ids when given."""
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+        raise MiniPeftError("labels must be a 2-D torch.long tensor [batch, seq] (-100 where no loss is wanted)")
+    check_labels(labels, labels.shape, vocab_size)
+    if isinstance(decoder_input_ids, torch.Tensor) and tuple(labels.shape) != tuple(decoder_input_ids.shape):
+        raise MiniPeftError(f"labels must have the shape of decoder_input_ids {list(decoder_input_ids.shape)}; "
+                            f"got {list(labels.shape)}")

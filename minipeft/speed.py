@@ -73,13 +73,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, weight, targets, need_x, need_w, rows):
         valid = targets != IGNORE
         n_valid = valid.sum()
-        total = x.new_zeros((), dtype=torch.float32)
+        acc = torch.promote_types(x.dtype, torch.float32)               # fp32 at least (bf16 logits), fp64 stays fp64
+        total = x.new_zeros((), dtype=acc)
         grad_x = torch.empty_like(x) if need_x else None       # every row written below
         grad_w = torch.zeros_like(weight) if need_w else None
         for start in range(0, x.shape[0], rows):
             xc, keep = x[start:start + rows], valid[start:start + rows]
             tc = targets[start:start + rows].clamp(min=0)                    # ignored rows: any id, masked below
-            z = torch.mm(weight, xc.t()).float()                            # [vocab, n] logits, the one big buffer
+            z = torch.mm(weight, xc.t()).to(acc)                            # [vocab, n] logits, the one big buffer
             z -= z.amax(dim=0, keepdim=True)                                 # shifted, so that exp cannot overflow
             picked = z.gather(0, tc[None])[0]                                # the target's shifted logit
             p = z.exp_()                                                     # in place: no second [vocab, n]

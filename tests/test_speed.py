@@ -94,29 +94,37 @@ def test_linear_cross_entropy_without_gradients_and_with_nothing_to_score():
     assert linear_cross_entropy(x, weight, none).isnan() and _usual(x, weight, none).isnan()  # 0 / 0, as the usual mean
 
 
+def _loss_from_logits(module, ids, labels, arch):
+    """The usual formulation: cross-entropy of forward's logits (GPT-2: position t predicts token t + 1)."""
+    if arch == "t5":
+        from minipeft.models.t5 import shift_right
+        logits, targets = module(ids, shift_right(labels)), labels
+    else:
+        logits, targets = module(ids)[:, :-1], labels[:, 1:]
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
 @pytest.mark.parametrize("model_kind", ["gpt", "t5 tied", "t5 untied"])
 @pytest.mark.parametrize("method", ["full", "prompt"])
-def test_models_give_the_same_loss_and_gradients_without_logits(model_kind, method):
-    """forward(labels=..., return_logits=False) == the logits path: loss, and every trainable
-    parameter's gradient (the tied embedding included: its head and lookup parts add up)."""
+def test_models_give_the_loss_and_gradients_of_their_logits(model_kind, method):
+    """forward(labels=...) (the loss without logits) == cross-entropy of forward's logits: loss, and
+    every trainable parameter's gradient (the tied embedding included: its head and lookup parts add up)."""
     from minipeft import PromptTuning
     from tests.methods_common import tiny_gpt, tiny_t5, toy_batch, toy_labels, toy_seq2seq
     if model_kind == "gpt":
         model = tiny_gpt()
         ids = toy_batch(61)
-        kw = dict(labels=toy_labels(ids))
+        labels = toy_labels(ids)
     else:
         model = tiny_t5(tie_word_embeddings=model_kind == "t5 tied")
         ids, labels = toy_seq2seq(61)
         labels[0, 3:] = -100
-        kw = dict(labels=labels)
     module = model if method == "full" else PromptTuning(model, 3)
     module.train()
     results = []
-    for return_logits in (True, False):
+    for fused in (False, True):
         module.zero_grad(set_to_none=True)
-        logits, loss = module(ids, return_logits=return_logits, **kw)
-        assert (logits is None) != return_logits
+        loss = module(ids, labels=labels) if fused else _loss_from_logits(module, ids, labels, model.arch)
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}))
     (loss_a, grads_a), (loss_b, grads_b) = results
@@ -128,20 +136,20 @@ def test_models_give_the_same_loss_and_gradients_without_logits(model_kind, meth
 
 def test_loss_without_logits_under_bf16_autocast():
     """Under autocast the head's product runs in bf16; the loss is still fp32, and loss and gradients
-    agree with the logits path to bf16 rounding."""
+    agree with the logits' cross-entropy to bf16 rounding."""
     from tests.methods_common import tiny_gpt, toy_batch
     model = tiny_gpt().train()
     ids = toy_batch(61)
     results = []
-    for return_logits in (True, False):
+    for fused in (False, True):
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, loss = model(ids, labels=ids, return_logits=return_logits)
+            loss = model(ids, labels=ids) if fused else _loss_from_logits(model, ids, ids, "gpt")
         loss.backward()
         results.append((loss.detach(), model.wte.weight.grad.clone(), model.h[0].attn.c_attn.weight.grad.clone()))
     (loss_a, *grads_a), (loss_b, *grads_b) = results
     assert loss_b.dtype == torch.float32
-    torch.testing.assert_close(loss_b, loss_a, rtol=1e-3, atol=0)
+    torch.testing.assert_close(loss_b, loss_a.float(), rtol=1e-3, atol=0)
     for a, b in zip(grads_a, grads_b):
         assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.999
 
@@ -182,14 +190,11 @@ def test_nothing_to_score_gives_zero_gradients_as_the_usual_pair():
 
 
 @pytest.mark.parametrize("model_kind", ["gpt", "t5"])
-def test_labels_are_checked_on_both_loss_paths(model_kind):
+def test_labels_are_checked_before_the_loss(model_kind):
     from tests.methods_common import tiny_gpt, tiny_t5
     model = tiny_gpt() if model_kind == "gpt" else tiny_t5()
     ids = torch.randint(2, 61, (2, 6))
     labels = ids.clone()
     labels[0, 3] = -1
-    for return_logits in (True, False):
-        with pytest.raises(MiniPeftError, match="labels must be -100 or token ids"):
-            model(ids, labels=labels, return_logits=return_logits)
-    with pytest.raises(MiniPeftError, match="return_logits=False is for training with labels"):
-        model(ids, return_logits=False) if model_kind == "gpt" else model(ids, ids, return_logits=False)
+    with pytest.raises(MiniPeftError, match="labels must be -100 or token ids"):
+        model(ids, labels=labels)

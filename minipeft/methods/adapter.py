@@ -59,7 +59,12 @@ class Adapter(nn.Module):
         raise NotImplementedError
 
     def forward(self, input_ids, *args, **kwargs):
+        """The model's forward (logits, or the loss given labels) with this adapter's hooks."""
         return self.model(input_ids, *args, **self.model_kwargs(input_ids.shape[0]), **kwargs)
+
+    def hidden_states(self, input_ids, *args, **kwargs):
+        """The model's final hidden states with this adapter's hooks (for a task head)."""
+        return self.model.hidden_states(input_ids, *args, **self.model_kwargs(input_ids.shape[0]), **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids, *args, **kwargs):

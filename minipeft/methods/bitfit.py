@@ -115,10 +115,10 @@ class BitFit(Adapter):
         B = input_ids.shape[0]
         if self.model.arch == "t5":
             start = torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)
-            h = self(input_ids, start, attention_mask, hidden=True)[:, 0]
+            h = self.hidden_states(input_ids, start, attention_mask)[:, 0]
         else:
             last = last_token_index(input_ids, attention_mask)  # [B], checked before the forward
-            h = self(input_ids, attention_mask, hidden=True)[torch.arange(B, device=last.device), last]
+            h = self.hidden_states(input_ids, attention_mask)[torch.arange(B, device=last.device), last]
         return self.head(h.to(self.head.weight.dtype))  # a bf16 model's hidden state, into the fp32 head
 
     def merged(self):

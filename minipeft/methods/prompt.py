@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import Adapter, last_token_index, model_dtype
-from ..checks import check_attention_mask, check_ids, check_prefix
+from ..checks import check_gpt_call
 from ..errors import MiniPeftError
 
 TOP_VOCAB = 5000
@@ -110,47 +110,48 @@ class PromptTuning(Adapter):
         return x.repeat(self.n_ensemble, *([1] * (x.dim() - 1))) if isinstance(x, torch.Tensor) and x.dim() and x.shape[0] == B else x
 
     def forward(self, input_ids, *args, **kwargs):
-        """With K prompts, every [B, ...] argument is repeated K times: outputs are [K * B, ...],
-        copy k of the batch using prompt k (view them as [K, B, ...]). The loss is the mean over all."""
-        if self._shared_prompt_applies(input_ids, args, kwargs):
+        """The model's forward with the prompt prepended (logits, or the loss given labels).
+
+        With K prompts, every [B, ...] argument is repeated K times: outputs are [K * B, ...], copy
+        k of the batch using prompt k (view them as [K, B, ...]). The loss is the mean over all."""
+        return self._run(self.model, input_ids, args, kwargs)
+
+    def hidden_states(self, input_ids, *args, **kwargs):
+        """The model's final hidden states with the prompt prepended (the prompt slots dropped)."""
+        return self._run(self.model.hidden_states, input_ids, args, kwargs)
+
+    def _run(self, call, input_ids, args, kwargs):
+        prompt = self.prompt.to(model_dtype(self.model))                   # [K, P, d] in the model's dtype
+        if self._shared_prompt_applies(input_ids, prompt, args, kwargs):
             # GPT-2, one prompt for every row: the prompt slots come first and, the model being causal,
             # see only each other (and a prefix), so their states are the same in every row. Run them
             # once at batch 1 and hand the tokens their keys/values as a prefix: the same outputs and
             # gradients as cat([prompt, wte(ids)], 1) in each of the B rows, without B - 1 copies of
             # the prompt's work (with P = 100 on 8 rows of 30 tokens: 340 positions instead of 1,040).
-            prefix = self.model.keys_values(self.prompt.to(model_dtype(self.model)), kwargs.pop("prefix", None))
-            return self.model(input_ids, *args, prefix=prefix, **kwargs)
+            prefix = self.model.keys_values(prompt, kwargs.pop("prefix", None))
+            return call(input_ids, *args, prefix=prefix, **kwargs)
         B = input_ids.shape[0]
         args = [self._repeat(a, B) for a in args]
         kwargs = {k: self._repeat(v, B) for k, v in kwargs.items()}
-        return super().forward(self._repeat(input_ids, B), *args, **kwargs)  # the model prepends prompt [B, P, d]
+        input_ids = self._repeat(input_ids, B)
+        return call(input_ids, *args, **self.model_kwargs(input_ids.shape[0]), **kwargs)  # the model prepends the prompt
 
-    def _shared_prompt_applies(self, input_ids, args, kwargs):
-        """Whether the rows can share one run of the prompt (see forward): GPT-2, several rows, one
+    def _shared_prompt_applies(self, input_ids, prompt, args, kwargs):
+        """Whether the rows can share one run of the prompt (see _run): GPT-2, several rows, one
         prompt, at most one prefix for all rows, no left padding with positions="real" (a leading
         pad would take its position after the prompt slots; with "plain" every slot keeps its
         index), no per-row slot masks, infix or bias deltas, no cache, no dropout drawing a different
         mask per row, and everything within the context (else the plain path raises the clear error)."""
         model = self.model
-        if model.arch != "gpt" or self.n_ensemble != 1:
+        given = {k for k, v in kwargs.items() if v is not None and not (k == "bias_delta" and not v)}
+        if model.arch != "gpt" or self.n_ensemble != 1 or not given <= {"attention_mask", "labels", "prefix", "positions"}:
+            return False  # T5, an ensemble, or hooks that differ per row (masks, infix, bias deltas) or a cache
+        attention_mask, prefix = args[0] if args else kwargs.get("attention_mask"), kwargs.get("prefix")
+        positions = kwargs.get("positions", "real")
+        B, T = check_gpt_call(model, input_ids, attention_mask, prefix=prefix, prompt=prompt, positions=positions)  # read below: checked first
+        if B < 2 or (model.training and model.config.any_dropout):
             return False
-        attention_mask = args[0] if args else kwargs.get("attention_mask")   # GPT.forward(input_ids, attention_mask, ...)
-        B, T = check_ids("input_ids", input_ids, model.config.vocab_size)  # the arguments are read below:
-        if attention_mask is not None:                                      # checked first, as the model would
-            check_attention_mask("attention_mask", attention_mask, (B, T))
-        prefix = kwargs.get("prefix")
-        if prefix is not None:
-            cfg, w = model.config, model.input_embeddings().weight
-            check_prefix("prefix", prefix, cfg.n_layer, B, cfg.n_head, cfg.head_dim, w.device, w.dtype)
-        if B == 1:
-            return False
-        if any(kwargs.get(k) is not None for k in ("prompt", "prompt_mask", "prefix_mask", "infix_at", "cache")):
-            return False
-        if model.training and model.config.any_dropout:
-            return False
-        if kwargs.get("positions", "real") == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all()):
-            return False
-        if kwargs.get("bias_delta"):  # biases would move the prompt's states too: the per-row path applies them
+        if positions == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all()):
             return False
         if prefix is not None and any(t.shape[0] != 1 for pair in prefix for t in pair):
             return False

@@ -23,12 +23,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import (IGNORE, check_attention_mask, check_decoding, check_hook_tensor, check_ids, check_labels,
-                      check_positions, check_prefix, check_slot_mask)
+from ..checks import IGNORE, check_decoding, check_gpt_call, check_gpt_config, check_ids, check_labels
 from ..errors import MiniPeftError
 from ..speed import linear, linear_cross_entropy
 from .generation import decode
-from .layers import KVCache, LayerNorm, Linear, attend, bias_deltas, build_mask, merge_heads, split_heads
+from .layers import KVCache, LayerNorm, Linear, attend, bias_deltas, bias_slots, build_mask, merge_heads, split_heads
 
 
 @dataclass
@@ -70,19 +69,7 @@ class GPTConfig:
         return max(self.embd_pdrop, self.attn_pdrop, self.resid_pdrop) > 0
 
     def validate(self, source="GPTConfig"):
-        for f in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            value = getattr(self, f)
-            if type(value) is not int or value < 1:
-                raise MiniPeftError(f"{source}: {f} must be a positive integer, got {value!r}")
-        if self.n_inner is not None and (type(self.n_inner) is not int or self.n_inner < 1):
-            raise MiniPeftError(f"{source}: n_inner must be a positive integer or null, got {self.n_inner!r}")
-        if self.n_embd % self.n_head:
-            raise MiniPeftError(f"{source}: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for name in DROPOUTS:
-            value = getattr(self, name)
-            if type(value) not in (int, float) or not 0 <= value < 1:
-                raise MiniPeftError(f"{source}: {name} must be in [0, 1), got {value!r}")
-        return self
+        return check_gpt_config(self, source)  # sizes positive, heads divide the width, dropouts in [0, 1)
 
 
 DROPOUTS = ("embd_pdrop", "attn_pdrop", "resid_pdrop")
@@ -193,37 +180,87 @@ class GPT(nn.Module):
         """{site: [(key, value)] * n_layer}, each [B, H, T, D]: the model's own keys/values of ids."""
         cfg = self.config
         cache = KVCache(cfg.n_layer, ids.shape[0], cfg.n_head, ids.shape[1], cfg.head_dim, device=ids.device, dtype=self.wte.weight.dtype)
-        self(ids, cache=cache)
+        self.hidden_states(ids, cache=cache)
         return {"self": [(cache.k[i], cache.v[i]) for i in range(cfg.n_layer)]}
 
     # ---- forward -----------------------------------------------------------------------------
 
-    def forward(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None,
-                prefix_mask=None, infix_at=None, prompt_mask=None, labels=None, cache=None, hidden=False,
-                return_logits=True, positions="real"):
-        """Logits [B, T, vocab] aligned with input_ids; with labels (logits, mean next-token loss).
+    def forward(self, input_ids, attention_mask=None, *, labels=None, **hooks):
+        """Logits [B, T, vocab] aligned with input_ids; given labels [B, T], the mean next-token loss
+        instead (labels -100 where no loss is wanted; shifted inside, as in transformers).
+        hooks: prefix, prompt, bias_delta, ... as hidden_states takes them."""
+        if labels is not None:  # checked before any computation, like everything hidden_states takes
+            check_labels(labels, check_ids("input_ids", input_ids, self.config.vocab_size), self.config.vocab_size)
+        x = self.hidden_states(input_ids, attention_mask, **hooks)          # [B, T, C]
+        if labels is None:
+            return F.linear(x, self.wte.weight)                             # tied head
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)                # predict token t+1 at t
+        # == F.cross_entropy(F.linear(x, wte).flatten(0, 1), targets.flatten()), without keeping the logits
+        return linear_cross_entropy(x.flatten(0, 1), self.wte.weight, targets.flatten())
 
-        input_ids [B, T]; attention_mask [B, T] (1 = real token, 0 = padding); labels [B, T] with
-        -100 where no loss is wanted (shifted inside, as in transformers); cache: a KVCache.
-        Hooks: prefix, prompt (see the module docstring); bias_delta {slot name: [width] or
-        [B, width]} added to bias slots for this call; prefix_mask / prompt_mask [B or 1, P] for rows
-        that use fewer slots (many tasks in one batch); infix_at [B] places the prefix before
-        that token index instead of in front (an infix: [x; INFIX; y]). hidden=True returns the final
-        hidden states [B, T, n_embd] instead of logits (for a task head). return_logits=False (with
-        labels) returns (None, loss) and never holds the [B, T, vocab] logits (see
-        speed.linear_cross_entropy): what training loops want. positions: "real" (padding takes no
-        position) or "plain" (every slot counts: peft's numbers on padded batches); see the module docstring.
+    def hidden_states(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None,
+                      prefix_mask=None, infix_at=None, prompt_mask=None, cache=None, positions="real"):
+        """The final hidden states [B, T, n_embd] (after ln_f): what the LM head reads, or a task head.
+
+        input_ids [B, T]; attention_mask [B, T] (1 = real token, 0 = padding); cache: a KVCache.
+        Hooks (see the module docstring): prefix, prompt, bias_delta {slot name: [width] or
+        [B, width]} added to bias slots for this call; prefix_mask / prompt_mask [B or 1, P] for
+        rows that use fewer slots (many tasks in one batch); infix_at [B] places the prefix before
+        that token index instead of in front (an infix: [x; INFIX; y]). positions: "real" (padding
+        takes no position) or "plain" (every slot counts: peft's numbers on padded batches).
         """
-        B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, labels)
-        check_positions(positions)
-        if hidden and labels is not None:
-            raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
-        if not return_logits and labels is None:
-            raise MiniPeftError("return_logits=False is for training with labels (it returns only the loss); give labels")
-        self._check_hook_masks(B, prefix, prompt, prefix_mask, infix_at, prompt_mask)
-        with bias_deltas(self, bias_delta, B):
-            return self._forward(input_ids, attention_mask, prefix, prompt, prefix_mask, infix_at, prompt_mask, labels, cache,
-                                 hidden, return_logits, positions)
+        slots = bias_slots(self) if bias_delta else ()
+        B, T = check_gpt_call(self, input_ids, attention_mask, prefix=prefix, prompt=prompt, bias_delta=bias_delta,
+                              prefix_mask=prefix_mask, infix_at=infix_at, prompt_mask=prompt_mask, positions=positions,
+                              bias_slots=slots)
+        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        n_prompt = 0 if prompt is None else prompt.shape[1]
+        if n_prompt:                                                        # prompt slots are real keys
+            slot_valid = valid.new_ones(B, n_prompt) if prompt_mask is None else prompt_mask.bool().expand(B, -1)
+            valid = torch.cat([slot_valid, valid], dim=1)                   # [B, P + T]
+        n_query = valid.shape[1]
+        S = n_query + (0 if cache is None else cache.length)               # keys: cached + these
+        n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
+        prefix_mask = None if prefix_mask is None else prefix_mask.bool()
+        positions = self._positions(valid, S, cache, n_prefix, prefix_mask, infix_at, positions)  # [B or 1, P + T]
+        if int(positions.max()) >= self.config.n_positions:                # refused before any computation
+            raise MiniPeftError(f"sequence needs position {int(positions.max())} but the context is "
+                                f"{self.config.n_positions} (prefix {n_prefix} + prompt {n_prompt} + tokens)")
+        key_valid = valid if cache is None else cache.append_mask(valid)    # [B, S] every key so far
+
+        # one mask for all layers; SDPA's own causal path when nothing needs a mask
+        mask, is_causal = None, False
+        if bool(key_valid.all()) and prefix_mask is None and infix_at is None and (n_query == 1 or (n_prefix == 0 and S == n_query)):
+            is_causal = n_query > 1                                         # (one query sees every key)
+        else:
+            mask = build_mask(key_valid, n_query, n_prefix=n_prefix, prefix_mask=prefix_mask, infix_at=infix_at)
+
+        with bias_deltas(slots, bias_delta):                               # BitFit: this call's bias deltas
+            x = self.wte(input_ids)                                         # [B, T, C]
+            if n_prompt:                                                    # prompt tuning: P trained embeddings
+                x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)         # [B, P + T, C]
+            x = self.drop(x + self.wpe(positions))
+            for i, block in enumerate(self.h):                             # prefix tuning: layer i's keys/values
+                x = block(x, mask, is_causal, None if prefix is None else prefix[i], cache, i)
+            if cache is not None:
+                cache.advance(valid)
+            return self.ln_f(x[:, n_prompt:])                               # drop the prompt slots: [B, T, C]
+
+    def _positions(self, valid, S, cache, n_prefix, prefix_mask, infix_at, positions):
+        """Position ids of the queries, the last of S keys. "real": real tokens (and prompt slots)
+        count; "plain": every slot, cached ones too. After a prefix (or an infix) tokens move up by
+        its size: its valid slots, or all with "plain"."""
+        n_query = valid.shape[1]
+        if positions == "plain":
+            pos = torch.arange(S - n_query, S, device=valid.device)[None]  # [1, P + T]
+        else:
+            pos = (valid.cumsum(1) - 1).clamp(min=0) + (0 if cache is None else cache.seen[:, None])  # [B, P + T]
+        if n_prefix:
+            shift = n_prefix if positions == "plain" or prefix_mask is None else prefix_mask.sum(-1, keepdim=True)  # [B or 1, 1]
+            if infix_at is not None:
+                shift = shift * (torch.arange(S - n_query, S, device=valid.device)[None] >= infix_at[:, None])
+            pos = pos + shift
+        return pos
 
     def keys_values(self, x, prefix=None):
         """[(key, value)] per layer of [prefix; x]: embeddings x [1, P, C] run through the blocks at
@@ -241,96 +278,6 @@ class GPT(nn.Module):
             return keep.pairs
         return [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(prefix, keep.pairs)]
 
-    def _forward(self, input_ids, attention_mask, prefix, prompt, prefix_mask, infix_at, prompt_mask, labels, cache, hidden,
-                 return_logits, positions="real"):
-        B, T = input_ids.shape
-        valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        n_prompt = 0 if prompt is None else prompt.shape[1]
-        if n_prompt:
-            slots = valid.new_ones(B, n_prompt) if prompt_mask is None else prompt_mask.bool().expand(B, -1)
-            valid = torch.cat([slots, valid], dim=1)                        # [B, P + T]
-        n_query = valid.shape[1]
-        S = n_query + (0 if cache is None else cache.length)               # keys: cached + these
-
-        # "real": positions count real tokens (and prompt slots); "plain": every slot (cached ones too);
-        # tokens after a prefix/infix move up by its size (its valid slots, or all with "plain")
-        plain = positions == "plain"
-        if plain:
-            positions = torch.arange(S - n_query, S, device=valid.device)[None]  # [1, P + T]
-        else:
-            seen = 0 if cache is None else cache.seen[:, None]
-            positions = (valid.cumsum(1) - 1).clamp(min=0) + seen           # [B, P + T]
-        n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
-        plain_prefix = prefix_mask is None and infix_at is None        # every row uses every slot, in front
-        if n_prefix:
-            prefix_mask = torch.ones(1, n_prefix, dtype=torch.bool, device=valid.device) if prefix_mask is None else prefix_mask.bool()
-            shift = n_prefix if plain else prefix_mask.sum(-1, keepdim=True)  # [B or 1, 1]
-            if infix_at is not None:
-                index = torch.arange(S - n_query, S, device=valid.device)
-                shift = shift * (index[None] >= infix_at[:, None])
-            positions = positions + shift
-        if int(positions.max()) >= self.config.n_positions:                 # checked before any computation
-            raise MiniPeftError(f"sequence needs position {int(positions.max())} but the context is "
-                                f"{self.config.n_positions} (prefix {n_prefix} + prompt {n_prompt} + tokens)")
-        key_valid = valid if cache is None else cache.append_mask(valid)    # [B, S] every key so far
-
-        x = self.wte(input_ids)                                             # [B, T, C]
-        if n_prompt:
-            x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)             # [B, P + T, C]
-        x = self.drop(x + self.wpe(positions))
-
-        # one mask for all layers; SDPA's own causal path when nothing needs a mask
-        mask, is_causal = None, False
-        if bool(key_valid.all()) and plain_prefix and (n_query == 1 or (n_prefix == 0 and S == n_query)):
-            is_causal = n_query > 1                                         # one query sees every key
-        else:
-            mask = build_mask(key_valid, n_query, prefix_mask=prefix_mask, infix_at=infix_at)
-
-        for i, block in enumerate(self.h):
-            x = block(x, mask, is_causal, None if prefix is None else prefix[i], cache, i)
-        if cache is not None:
-            cache.advance(valid)
-        x = self.ln_f(x[:, n_prompt:])                                      # drop the prompt slots
-        if hidden:
-            return x
-        if labels is None:
-            return F.linear(x, self.wte.weight)                             # tied head
-        # predict token t+1 at t: shift the labels, not the logits (no copy of [B, T, vocab])
-        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
-        if not return_logits:
-            # speed.linear_cross_entropy == F.cross_entropy(F.linear(x, wte), targets), without the logits
-            return None, linear_cross_entropy(x.reshape(B * T, -1), self.wte.weight, targets.reshape(-1))
-        logits = F.linear(x, self.wte.weight)
-        return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
-
-    def _check_hook_masks(self, B, prefix, prompt, prefix_mask, infix_at, prompt_mask):
-        for name, m, hook in (("prefix_mask", prefix_mask, prefix), ("prompt_mask", prompt_mask, prompt)):
-            if m is None:
-                continue
-            if hook is None:
-                raise MiniPeftError(f"{name} given without {name.split('_')[0]}")
-            check_slot_mask(name, m, B, hook[0][0].shape[2] if name == "prefix_mask" else hook.shape[1])
-        if infix_at is not None:
-            if prefix is None:
-                raise MiniPeftError("infix_at given without prefix")
-            if infix_at.shape != (B,) or infix_at.dtype != torch.long or bool((infix_at < 0).any()):
-                raise MiniPeftError(f"infix_at must be a torch.long tensor of {B} non-negative token indices; "
-                                    f"got {infix_at.dtype} {list(infix_at.shape)}")
-
-    def _check_inputs(self, input_ids, attention_mask, prefix, prompt, labels):
-        cfg = self.config
-        B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
-        if attention_mask is not None:
-            check_attention_mask("attention_mask", attention_mask, (B, T), every_row_real=prompt is None and prefix is None)
-        if labels is not None:
-            check_labels(labels, (B, T), cfg.vocab_size)
-        device, dtype = self.wte.weight.device, self.wte.weight.dtype
-        if prompt is not None:
-            check_hook_tensor("prompt", prompt, (B, None, cfg.n_embd), device, dtype)
-        if prefix is not None:
-            check_prefix("prefix", prefix, cfg.n_layer, B, cfg.n_head, cfg.head_dim, device, dtype)
-        return B, T
-
     # ---- generation --------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -343,9 +290,9 @@ class GPT(nn.Module):
         stop (and are padded with it). Takes the same hooks and positions as forward. Returns
         [B, T + n_new] ids.
         """
-        B, T = self._check_inputs(input_ids, attention_mask, prefix, prompt, None)
-        check_positions(positions)
-        self._check_hook_masks(B, prefix, prompt, prefix_mask, infix_at, prompt_mask)
+        B, T = check_gpt_call(self, input_ids, attention_mask, prefix=prefix, prompt=prompt, bias_delta=bias_delta,
+                              prefix_mask=prefix_mask, infix_at=infix_at, prompt_mask=prompt_mask, positions=positions,
+                              bias_slots=bias_slots(self) if bias_delta else ())
         max_new_tokens, temperature, top_k, eos_token_id = check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
         if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
             raise MiniPeftError("generate needs left padding (zeros before the tokens); attention_mask has padding on the right")
@@ -360,10 +307,10 @@ class GPT(nn.Module):
             cache.start_with(prefix, prefix_mask)
             prefix = prefix_mask = None
         every_step = dict(prefix=prefix, prefix_mask=prefix_mask, infix_at=infix_at, bias_delta=bias_delta, cache=cache,
-                          hidden=True, positions=positions)
+                          positions=positions)
         head = lambda h: linear(h[:, -1], w)  # noqa: E731  last position only; speed.linear == F.linear
-        first = head(self(input_ids, attention_mask, prompt=prompt, prompt_mask=prompt_mask, **every_step))
-        new = decode(lambda tok: head(self(tok, **every_step)), first, max_new_tokens,
+        first = head(self.hidden_states(input_ids, attention_mask, prompt=prompt, prompt_mask=prompt_mask, **every_step))
+        new = decode(lambda tok: head(self.hidden_states(tok, **every_step)), first, max_new_tokens,
                      eos_token_id=eos_token_id, temperature=temperature, top_k=top_k, generator=generator)
         return torch.cat([input_ids, new], dim=1)
 

@@ -132,29 +132,17 @@ def bias_slots(model):
 
 
 @contextlib.contextmanager
-def bias_deltas(model, deltas, batch):
-    """For the duration of one call, add deltas {slot name: [width] or [batch, width]} to bias slots.
+def bias_deltas(slots, deltas):
+    """For the duration of one call, add deltas {slot name: [width] or [B, width]} to bias slots.
 
     This is how an adapter trains or serves biases without writing into the base model.
+    slots: bias_slots(model); deltas as checks.check_bias_delta accepts them.
     """
-    if not deltas:
-        yield
-        return
-    if not isinstance(deltas, dict):
-        raise MiniPeftError(f"bias_delta must be a dict {{bias slot name: tensor}}; got {type(deltas).__name__}")
-    slots = {name: (module, role) for name, module, _, role in bias_slots(model)}
+    modules = {name: (module, role) for name, module, _, role in slots} if deltas else {}
     touched = []
     try:
-        for name, d in deltas.items():
-            if name not in slots:
-                raise MiniPeftError(f"bias_delta names {name!r}, which is not a bias slot of this model")
-            module, role = slots[name]
-            w = module.parts[role]
-            if not isinstance(d, torch.Tensor) or d.shape[-1:] != (w,) or d.dim() not in (1, 2) or (d.dim() == 2 and d.shape[0] not in (1, batch)):
-                got = list(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
-                raise MiniPeftError(f"bias_delta {name!r} must be [{w}] or [{batch}, {w}]; got {got}")
-            if d.dtype != module.weight.dtype or d.device != module.weight.device:
-                raise MiniPeftError(f"bias_delta {name!r} is {d.dtype} on {d.device}; the model is {module.weight.dtype} on {module.weight.device}")
+        for name, d in (deltas or {}).items():
+            module, role = modules[name]
             module.delta[role] = d
             touched.append(module)
         yield

@@ -43,17 +43,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import (IGNORE, check_attention_mask, check_decoding, check_hook_tensor, check_ids, check_labels,
-                      check_positions, check_prefix, check_slot_mask)
+from ..checks import IGNORE, check_decoding, check_ids, check_t5_call, check_t5_config, check_t5_labels
 from ..errors import MiniPeftError
 from ..speed import linear, linear_cross_entropy
 from .generation import decode
-from .layers import KVCache, Linear, RMSNorm, attend, bias_deltas, build_mask, merge_heads, split_heads
+from .layers import KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, merge_heads, split_heads
 
 PAD_ID = 0            # also the decoder's start token
 EOS_ID = 1
 FEED_FORWARD = ("relu", "gated-gelu")
-PREFIX_KEYS = ("encoder", "decoder", "cross")
 
 
 @dataclass
@@ -89,26 +87,7 @@ class T5Config:
         return self.num_heads * self.d_kv
 
     def validate(self, source="T5Config"):
-        for f in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
-                  "relative_attention_num_buckets", "relative_attention_max_distance"):
-            value = getattr(self, f)
-            if type(value) is not int or value < 1:
-                raise MiniPeftError(f"{source}: {f} must be a positive integer, got {value!r}")
-        if self.relative_attention_num_buckets < 4:  # the encoder splits them by sign, then half exact
-            raise MiniPeftError(f"{source}: relative_attention_num_buckets must be >= 4, got {self.relative_attention_num_buckets}")
-        if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 2:
-            raise MiniPeftError(f"{source}: relative_attention_max_distance ({self.relative_attention_max_distance}) must exceed "
-                                f"relative_attention_num_buckets // 2 ({self.relative_attention_num_buckets // 2})")
-        if self.feed_forward not in FEED_FORWARD:
-            raise MiniPeftError(f"{source}: feed_forward must be one of {FEED_FORWARD}, got {self.feed_forward!r}")
-        if type(self.dropout) not in (int, float) or not 0 <= self.dropout < 1:
-            raise MiniPeftError(f"{source}: dropout must be in [0, 1), got {self.dropout!r}")
-        if type(self.layer_norm_eps) not in (int, float) or not 0 < self.layer_norm_eps < 1:
-            raise MiniPeftError(f"{source}: layer_norm_eps must be a small positive number, got {self.layer_norm_eps!r}")
-        for f in ("tie_word_embeddings", "bias"):
-            if type(getattr(self, f)) is not bool:
-                raise MiniPeftError(f"{source}: {f} must be true or false, got {getattr(self, f)!r}")
-        return self
+        return check_t5_config(self, FEED_FORWARD, source)  # sizes positive, buckets usable, dropout in [0, 1)
 
 
 _V11 = dict(feed_forward="gated-gelu", tie_word_embeddings=False)
@@ -345,56 +324,58 @@ class T5(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------
 
-    def forward(self, input_ids=None, decoder_input_ids=None, attention_mask=None, *, decoder_attention_mask=None,
-                prefix=None, prompt=None, bias_delta=None, prefix_mask=None, prompt_mask=None, labels=None,
-                encoder_out=None, cache=None, hidden=False, return_logits=True, positions="real"):
-        """Logits [B, T_dec, vocab] aligned with decoder_input_ids; with labels (logits, mean loss).
+    def forward(self, input_ids=None, decoder_input_ids=None, attention_mask=None, *, labels=None, **hooks):
+        """Logits [B, T_dec, vocab] aligned with decoder_input_ids; given labels [B, T_dec], the mean
+        loss instead (labels -100 where no loss is wanted; not shifted again: decoder_input_ids
+        default to shift_right(labels)). hooks: as hidden_states takes them."""
+        if labels is not None:  # checked before any computation, like everything hidden_states takes
+            check_t5_labels(labels, decoder_input_ids, self.config.vocab_size)
+            if decoder_input_ids is None:
+                decoder_input_ids = shift_right(labels)
+        x, weight = self._head_input(self.hidden_states(input_ids, decoder_input_ids, attention_mask, **hooks))
+        if labels is None:
+            return linear(x, weight)                                        # == F.linear (speed.linear)
+        # == F.cross_entropy(F.linear(x, weight).flatten(0, 1), labels.flatten()), without keeping the logits
+        return linear_cross_entropy(x.flatten(0, 1), weight, labels.flatten())
+
+    def hidden_states(self, input_ids=None, decoder_input_ids=None, attention_mask=None, *, decoder_attention_mask=None,
+                      prefix=None, prompt=None, bias_delta=None, prefix_mask=None, prompt_mask=None, encoder_out=None,
+                      cache=None, positions="real"):
+        """The decoder's final hidden states [B, T_dec, d_model]: what the LM head reads, or a task head.
 
         input_ids [B, T] and attention_mask [B, T] (1 = real, 0 = padding) feed the encoder, or give
-        encoder_out = encode(...)'s (hidden, mask) instead. decoder_input_ids [B, T_dec] default to
-        shift_right(labels); labels [B, T_dec] use -100 where no loss is wanted (not shifted again).
+        encoder_out = encode(...)'s (hidden, mask) instead. decoder_input_ids [B, T_dec];
         decoder_attention_mask [B, T_dec]; cache: a KVCache for the decoder's self-attention (the
         cross-attention keys/values are recomputed per call; generate() computes them once).
         Hooks: prefix, prompt, bias_delta (see the module docstring); prefix_mask {site: [B or 1, P]}
         and prompt_mask [B or 1, P] for rows that use fewer slots (many tasks in one batch).
-        hidden=True returns the decoder's final hidden states [B, T_dec, d_model] instead of logits.
-        return_logits=False (with labels) returns (None, loss) without holding the logits.
         positions: "real" (padding takes no position) or "plain" (every slot counts: peft's numbers
         on padded batches), in both stacks (see the module docstring; encode() takes its own).
         """
-        B, decoder_input_ids = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoder_input_ids,
-                                                  decoder_attention_mask, labels, encoder_out)
-        check_positions(positions)
-        prefix, prefix_mask = prefix or {}, self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
-        if hidden and labels is not None:
-            raise MiniPeftError("hidden=True returns hidden states, not a loss: drop labels")
-        if not return_logits and labels is None:
-            raise MiniPeftError("return_logits=False is for training with labels (it returns only the loss); give labels")
-        with bias_deltas(self, bias_delta, B):
+        slots = bias_slots(self) if bias_delta else ()
+        check_t5_call(self, input_ids, attention_mask, decoder_input_ids=decoder_input_ids,
+                      decoder_attention_mask=decoder_attention_mask, prefix=prefix, prompt=prompt, bias_delta=bias_delta,
+                      prefix_mask=prefix_mask, prompt_mask=prompt_mask, encoder_out=encoder_out, positions=positions,
+                      bias_slots=slots)
+        prefix, prefix_mask = prefix or {}, prefix_mask or {}
+        with bias_deltas(slots, bias_delta):                               # BitFit: this call's bias deltas
             if encoder_out is None:
                 encoder_out = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
                                            prefix_mask.get("encoder"), prompt_mask, positions=positions)
-            enc_valid = encoder_out[1]
-            out = self._decode(decoder_input_ids, decoder_attention_mask, enc_valid, self._cross_kv(encoder_out[0]), prefix,
-                               cache, prefix_mask, hidden or (labels is not None and not return_logits), positions)
-        if labels is None:
-            return out
-        if not return_logits:                                               # out: hidden states
-            x, weight = self._head_input(out)
-            # speed.linear_cross_entropy == F.cross_entropy(F.linear(x, weight), labels), without the logits
-            return None, linear_cross_entropy(x.reshape(-1, x.shape[-1]), weight, labels.reshape(-1))
-        return out, F.cross_entropy(out.reshape(-1, out.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+            hidden, enc_valid = encoder_out
+            return self._decode(decoder_input_ids, decoder_attention_mask, enc_valid, self._cross_kv(hidden), prefix,
+                                cache, prefix_mask, positions)
 
     def encode(self, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None, prefix_mask=None,
                prompt_mask=None, positions="real"):
         """Run the encoder once: (hidden [B, P_prompt + T, d_model], mask [B, P_prompt + T] bool).
         The pair is what forward(encoder_out=...) takes. Only prefix["encoder"] is used here."""
-        B, _ = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
-        prefix_mask = self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
-        check_positions(positions)
-        with bias_deltas(self, bias_delta, B):
+        slots = bias_slots(self) if bias_delta else ()
+        check_t5_call(self, input_ids, attention_mask, prefix=prefix, prompt=prompt, bias_delta=bias_delta,
+                      prefix_mask=prefix_mask, prompt_mask=prompt_mask, positions=positions, bias_slots=slots, decoding=False)
+        with bias_deltas(slots, bias_delta):
             return self._encode(input_ids, attention_mask, (prefix or {}).get("encoder"), prompt,
-                                prefix_mask.get("encoder"), prompt_mask, positions=positions)
+                                (prefix_mask or {}).get("encoder"), prompt_mask, positions=positions)
 
     def _encode(self, input_ids, attention_mask, prefix, prompt, prefix_mask=None, prompt_mask=None, cache=None,
                 positions="real"):
@@ -418,7 +399,7 @@ class T5(nn.Module):
         """Keys/values of the encoder output for every decoder layer's cross-attention."""
         return [block.cross.kv(hidden) for block in self.decoder.blocks]
 
-    def _decode(self, ids, attention_mask, enc_valid, cross_kv, prefix, cache, prefix_mask=None, hidden=False, positions="real"):
+    def _decode(self, ids, attention_mask, enc_valid, cross_kv, prefix, cache, prefix_mask=None, positions="real"):
         B = ids.shape[0]
         prefix_mask = prefix_mask or {}
         x = self.shared(ids)                                                # [B, T, d]
@@ -435,81 +416,13 @@ class T5(nn.Module):
                          cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, cross_prefix=cross_prefix, positions=positions)
         if cache is not None:
             cache.advance(valid)
-        if hidden:
-            return h
-        return linear(*self._head_input(h))  # == F.linear (speed.linear)
+        return h
 
     def _head_input(self, h):
         """(input, weight) of the LM head: v1.1 / FLAN have their own head; a tied head rescales first."""
         if self.lm_head is not None:
             return h, self.lm_head.weight
         return h * self.config.d_model ** -0.5, self.shared.weight
-
-    def _check_inputs(self, input_ids, attention_mask, prefix, prompt, decoder_input_ids=None,
-                      decoder_attention_mask=None, labels=None, encoder_out=None, *, decoding=True):
-        """Refuse bad input before computing anything; returns (batch size, decoder input ids)."""
-        cfg = self.config
-        device, dtype = self.shared.weight.device, self.shared.weight.dtype
-        if prefix is not None and (not isinstance(prefix, dict) or not set(prefix) <= set(PREFIX_KEYS)):
-            got = sorted(prefix) if isinstance(prefix, dict) else type(prefix).__name__
-            raise MiniPeftError(f"prefix must be a dict with keys among {PREFIX_KEYS}; got {got}")
-        prefix = prefix or {}
-        if encoder_out is None:
-            B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
-            if attention_mask is not None:
-                check_attention_mask("attention_mask", attention_mask, (B, T),
-                                     every_row_real=prompt is None and "cross" not in prefix)  # else keys to attend to
-            if prompt is not None:
-                check_hook_tensor("prompt", prompt, (B, None, cfg.d_model), device, dtype)
-        else:
-            if input_ids is not None or attention_mask is not None or prompt is not None or "encoder" in prefix:
-                raise MiniPeftError("encoder_out replaces input_ids, attention_mask, prompt and prefix['encoder'] "
-                                    "(give those to encode()); pass either encoder_out or input_ids")
-            if not isinstance(encoder_out, (tuple, list)) or len(encoder_out) != 2:
-                raise MiniPeftError("encoder_out must be the (hidden, mask) pair that encode() returns")
-            hidden, mask = encoder_out
-            if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[-1] != cfg.d_model:
-                raise MiniPeftError(f"encoder_out hidden must be [batch, seq, {cfg.d_model}]")
-            if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(hidden.shape[:2]):
-                raise MiniPeftError(f"encoder_out mask must be [batch, seq] = {list(hidden.shape[:2])}")
-            B = hidden.shape[0]
-        for key, n_layer in (("encoder", cfg.num_layers), ("decoder", cfg.num_decoder_layers), ("cross", cfg.num_decoder_layers)):
-            if key in prefix:
-                check_prefix(f"prefix[{key!r}]", prefix[key], n_layer, B, cfg.num_heads, cfg.d_kv, device, dtype)
-        if not decoding:
-            return B, None
-        if labels is not None:
-            if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
-                raise MiniPeftError("labels must be a 2-D torch.long tensor [batch, seq] (-100 where no loss is wanted)")
-            check_labels(labels, labels.shape, cfg.vocab_size)
-            if decoder_input_ids is None:
-                decoder_input_ids = shift_right(labels)
-        if decoder_input_ids is None:
-            raise MiniPeftError("give decoder_input_ids, or labels (then decoder_input_ids = shift_right(labels))")
-        Bd, Td = check_ids("decoder_input_ids", decoder_input_ids, cfg.vocab_size)
-        if Bd != B:
-            raise MiniPeftError(f"decoder_input_ids has batch {Bd}, the encoder input {B}")
-        if decoder_attention_mask is not None:
-            check_attention_mask("decoder_attention_mask", decoder_attention_mask, (B, Td))
-        if labels is not None and tuple(labels.shape) != (B, Td):
-            raise MiniPeftError(f"labels must have the shape of decoder_input_ids {[B, Td]}; got {list(labels.shape)}")
-        return B, decoder_input_ids
-
-    def _check_hook_masks(self, B, prefix, prompt, prefix_mask, prompt_mask):
-        """Validate prefix_mask {site: [B or 1, P]} and prompt_mask [B or 1, P]; returns prefix_mask as a dict."""
-        prefix = prefix or {}
-        if prefix_mask is None:
-            prefix_mask = {}
-        if not isinstance(prefix_mask, dict) or not set(prefix_mask) <= set(prefix):
-            raise MiniPeftError(f"prefix_mask must be a dict over the prefix's sites {sorted(prefix)}")
-        checks = [(f"prefix_mask[{k!r}]", m, prefix[k][0][0].shape[2]) for k, m in prefix_mask.items()]
-        if prompt_mask is not None:
-            if prompt is None:
-                raise MiniPeftError("prompt_mask given without prompt")
-            checks.append(("prompt_mask", prompt_mask, prompt.shape[1]))
-        for name, m, P in checks:
-            check_slot_mask(name, m, B, P)
-        return prefix_mask
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -525,19 +438,20 @@ class T5(nn.Module):
         Returns [B, 1 + n_new] decoder tokens, starting with the start token 0, as transformers does.
         positions: as in forward.
         """
-        B, _ = self._check_inputs(input_ids, attention_mask, prefix, prompt, decoding=False)
-        check_positions(positions)
-        prefix, prefix_mask = prefix or {}, self._check_hook_masks(B, prefix, prompt, prefix_mask, prompt_mask)
+        slots = bias_slots(self) if bias_delta else ()
+        B = check_t5_call(self, input_ids, attention_mask, prefix=prefix, prompt=prompt, bias_delta=bias_delta,
+                          prefix_mask=prefix_mask, prompt_mask=prompt_mask, positions=positions, bias_slots=slots, decoding=False)
+        prefix, prefix_mask = prefix or {}, prefix_mask or {}
         max_new_tokens, temperature, top_k, eos_token_id = check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
         cfg, w = self.config, self.shared.weight
         start = input_ids.new_full((B, 1), PAD_ID)
-        with bias_deltas(self, bias_delta, B):
+        with bias_deltas(slots, bias_delta):
             hidden, enc_valid = self._encode(input_ids, attention_mask, prefix.get("encoder"), prompt,
                                              prefix_mask.get("encoder"), prompt_mask, positions=positions)
             cross_kv = self._cross_kv(hidden)                                # once, not per step
             cache = KVCache(cfg.num_decoder_layers, B, cfg.num_heads, max_new_tokens + 1, cfg.d_kv, device=w.device, dtype=w.dtype)
-            step = lambda tok: self._decode(tok, None, enc_valid, cross_kv, prefix, cache, prefix_mask,  # noqa: E731
-                                            positions=positions)[:, -1]
+            step = lambda tok: linear(*self._head_input(self._decode(  # noqa: E731  logits of the last position
+                tok, None, enc_valid, cross_kv, prefix, cache, prefix_mask, positions)[:, -1]))
             new = decode(step, step(start), max_new_tokens, eos_token_id=eos_token_id, temperature=temperature,
                          top_k=top_k, generator=generator)
         return torch.cat([start, new], dim=1)

@@ -125,9 +125,9 @@ def loss_of(module, tensors, codec):
     """Mean completion loss of one batch for a model or adapter."""
     if codec.arch == "t5":
         ids, mask, labels = tensors
-        return module(ids, attention_mask=mask, labels=labels, return_logits=False)[1]
+        return module(ids, attention_mask=mask, labels=labels)
     ids, mask, labels, starts = tensors
-    return module(ids, mask, labels=labels, return_logits=False, **_infix(module, starts))[1]
+    return module(ids, mask, labels=labels, **_infix(module, starts))
 
 
 def _infix(module, starts):

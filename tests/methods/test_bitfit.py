@@ -34,7 +34,7 @@ def test_only_chosen_biases_change_and_base_is_untouched():
     before = snapshot(model)
     adapter = BitFit(model, ["query", "mlp_in"])
     ids = toy_batch(61)
-    _, loss = adapter(ids, labels=ids)
+    loss = adapter(ids, labels=ids)
     loss.backward()
     assert all(p.grad is None for p in model.parameters())  # the base gets no gradient at all
     train(adapter, ids, steps=5)
@@ -68,7 +68,7 @@ def test_key_bias_gets_zero_gradient():
             block.attn.c_attn.weight.normal_(0, 0.5)
     adapter = BitFit(model, ["query", "key"])
     ids = toy_batch(61)
-    _, loss = adapter(ids, labels=ids)
+    loss = adapter(ids, labels=ids)
     loss.backward()
     grads = dict(zip(adapter.slots, (p.grad for p in adapter.biases)))
     for i in range(2):
@@ -132,7 +132,7 @@ def test_task_head_trains_with_the_biases_and_round_trips(tmp_path):
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
     with torch.no_grad():  # the head reads the last real token's final hidden state
-        h = model(ids[1:2, :12], hidden=True, bias_delta=adapter.model_kwargs(1)["bias_delta"])[0, -1]
+        h = model.hidden_states(ids[1:2, :12], bias_delta=adapter.model_kwargs(1)["bias_delta"])[0, -1]
         assert (adapter.classify(ids, mask)[1] - adapter.head(h)).abs().max() < 1e-5
     adapter.save(tmp_path / "h.safetensors")
     again = BitFit.load(model, tmp_path / "h.safetensors")
@@ -435,7 +435,7 @@ def test_training_with_weight_decay_equals_training_the_biases_in_transformers(t
         ids = torch.randint(0, HF_TINY["vocab_size"], (4, 16), generator=torch.Generator().manual_seed(step))
         logits = hf(ids).logits  # transformers' own loss casts the logits to fp32: the same loss, in fp64
         loss_hf = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-        _, loss = adapter(ids, labels=ids)
+        loss = adapter(ids, labels=ids)
         assert abs(loss.item() - loss_hf.item()) < 1e-9, step
         for o, lo in ((opt_hf, loss_hf), (opt, loss)):
             o.zero_grad()

@@ -6,6 +6,7 @@ import torch
 
 from minipeft import BitFit, PrefixTuning, PromptTuning
 from minipeft.methods.bank import AdapterBank
+from minipeft.models.t5 import shift_right
 from tests.methods_common import snapshot, tiny_t5, toy_seq2seq, train_seq2seq
 
 
@@ -14,10 +15,10 @@ def test_bitfit_starts_exactly_at_the_model_and_trains_only_biases():
     ids, labels = toy_seq2seq(61)
     before = snapshot(model)
     with torch.no_grad():
-        plain = model(ids, labels=labels)[0]
+        plain = model(ids, decoder_input_ids=shift_right(labels))
     adapter = BitFit(model)
     with torch.no_grad():
-        assert torch.equal(adapter(ids, labels=labels)[0], plain)  # zero-initialised slots change nothing
+        assert torch.equal(adapter(ids, decoder_input_ids=shift_right(labels)), plain)  # zero-initialised slots change nothing
     first, last = train_seq2seq(adapter, ids, labels, steps=40, lr=3e-2)
     assert last < 0.5 * first
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
@@ -28,13 +29,13 @@ def test_bitfit_starts_exactly_at_the_model_and_trains_only_biases():
     assert sum(p.numel() for p in adapter.trainable_parameters()) == L * per_enc + Ld * per_dec + 2 * d  # + final norms
     merged = adapter.merged()
     with torch.no_grad():
-        assert (merged(ids, labels=labels)[0] - adapter(ids, labels=labels)[0]).abs().max() < 1e-5
+        assert (merged(ids, decoder_input_ids=shift_right(labels)) - adapter(ids, decoder_input_ids=shift_right(labels))).abs().max() < 1e-5
 
 
 def test_bitfit_key_bias_gets_zero_gradient_in_every_attention():
     adapter = BitFit(tiny_t5(), ["query", "key"])
     ids, labels = toy_seq2seq(61)
-    adapter(ids, labels=labels)[1].backward()
+    adapter(ids, labels=labels).backward()
     grads = dict(zip(adapter.slots, (p.grad for p in adapter.biases)))
     keys = [n for n in grads if n.endswith(".k.bias")]
     assert len(keys) == 2 + 2 * 3  # encoder self, decoder self and cross
@@ -50,9 +51,9 @@ def test_prefix_has_three_sites_and_bake_keeps_the_logits():
     first, last = train_seq2seq(adapter, ids, labels, steps=40, lr=1e-2)
     assert last < 0.5 * first
     with torch.no_grad():
-        before = adapter(ids, labels=labels)[0]
+        before = adapter(ids, decoder_input_ids=shift_right(labels))
         adapter.bake()
-        assert torch.equal(adapter(ids, labels=labels)[0], before)
+        assert torch.equal(adapter(ids, decoder_input_ids=shift_right(labels)), before)
 
 
 def test_prefix_real_word_init_runs_the_model_on_the_words():
@@ -72,13 +73,13 @@ def test_prompt_goes_on_the_encoder_input_and_ensembles_match_separate_runs():
     text = [4, 6, 8]
     adapter = PromptTuning(model, 3, "text", text_ids=text)
     with torch.no_grad():
-        want = model(torch.cat([torch.tensor([text] * 3), ids], 1), labels=labels)[0]
-        assert (adapter(ids, labels=labels)[0] - want).abs().max() < 1e-5
+        want = model(torch.cat([torch.tensor([text] * 3), ids], 1), decoder_input_ids=shift_right(labels))
+        assert (adapter(ids, decoder_input_ids=shift_right(labels)) - want).abs().max() < 1e-5
     ensemble = PromptTuning(model, 4, "vocab", n_ensemble=3)
     with torch.no_grad():
-        together = ensemble(ids, labels=labels)[0].view(3, 3, labels.shape[1], -1)
+        together = ensemble(ids, decoder_input_ids=shift_right(labels)).view(3, 3, labels.shape[1], -1)
         for k in range(3):
-            assert (together[k] - ensemble.member(k)(ids, labels=labels)[0]).abs().max() < 1e-5
+            assert (together[k] - ensemble.member(k)(ids, decoder_input_ids=shift_right(labels))).abs().max() < 1e-5
     per_prompt, voted = ensemble.classify(ids, None, [[7], [8], [9]])
     assert per_prompt.shape == (3, 3) and voted.shape == (3,)
 
@@ -102,11 +103,11 @@ def test_mixed_task_batch_on_t5_equals_each_task_alone():
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0
     with torch.no_grad():
-        together = bank(ids, attention_mask=mask, labels=labels, tasks=tasks)[0]
+        together = bank(ids, attention_mask=mask, decoder_input_ids=shift_right(labels), tasks=tasks)
         out = bank.generate(ids, mask, tasks=tasks, max_new_tokens=6, eos_token_id=None)
         for row, task in enumerate(tasks):
             sl = slice(row, row + 1)
-            alone = adapters[task](ids[sl], attention_mask=mask[sl], labels=labels[sl])[0]
+            alone = adapters[task](ids[sl], attention_mask=mask[sl], decoder_input_ids=shift_right(labels[sl]))
             assert (together[row] - alone[0]).abs().max() < 1e-5, task
             assert torch.equal(out[row], adapters[task].generate(ids[sl], mask[sl], max_new_tokens=6, eos_token_id=None)[0]), task
 
@@ -121,4 +122,4 @@ def test_save_load_on_t5(tmp_path, method):
     adapter.save(tmp_path / "a.safetensors")
     loaded = type(adapter).load(tiny_t5(), tmp_path / "a.safetensors")
     with torch.no_grad():
-        assert (loaded(ids, labels=labels)[0] - adapter(ids, labels=labels)[0]).abs().max() < 1e-6
+        assert (loaded(ids, decoder_input_ids=shift_right(labels)) - adapter(ids, decoder_input_ids=shift_right(labels))).abs().max() < 1e-6

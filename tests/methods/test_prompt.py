@@ -216,9 +216,9 @@ def test_shared_prompt_run_once_equals_the_prompt_in_every_row(case):
         adapter.prompt.grad = None
         out = call(ids, **kw)
         loss = "labels" in kw
-        value = out[1] if loss else (out * real * torch.linspace(-1, 1, out.shape[-1])).sum()
+        value = out if loss else (out * real * torch.linspace(-1, 1, out.shape[-1])).sum()
         value.backward()
-        outs.append(out[1].detach() if loss else out.detach() * real)
+        outs.append(out.detach() if loss else out.detach() * real)
         grads.append(adapter.prompt.grad.clone())
     assert (outs[0] - outs[1]).abs().max() < 1e-5
     assert (grads[0] - grads[1]).abs().max() < 1e-5 * max(1.0, grads[1].abs().max().item())

@@ -13,6 +13,7 @@ from minipeft import experiments
 from minipeft.training import finetune as ft
 from minipeft.experiments import main, random_slots
 from minipeft.models.layers import bias_slots
+from minipeft.models.t5 import shift_right
 from minipeft.io.tokenizer import CharTokenizer
 
 CHARS = CharTokenizer.from_text("".join(chr(c) for c in range(32, 127)) + "\n")
@@ -132,7 +133,7 @@ def _summed_completion_loss(model, pair, codec):
     tensors = ft.batch([pair], codec, max_len=160)
     if codec.arch == "t5":
         ids, mask, labels = tensors
-        logits, targets = model(ids, attention_mask=mask, labels=labels)[0][0], labels[0]
+        logits, targets = model(ids, shift_right(labels), mask)[0], labels[0]
     else:
         ids, mask, labels, _ = tensors
         logits, targets = model(ids, mask)[0, :-1], labels[0, 1:]  # position t predicts token t + 1

@@ -21,7 +21,7 @@ def _steps(module, opt, n, start):
     for step in range(start, start + n):
         ids = toy_batch(61, seed=step)
         module.train()
-        _, loss = module(ids, labels=toy_labels(ids))
+        loss = module(ids, labels=toy_labels(ids))
         opt.zero_grad()
         loss.backward()
         opt.step()
