@@ -46,6 +46,22 @@ def check_attention_mask(name, mask, shape, *, every_row_real=False):
                             f"An additive mask (0 = attend) reads as all padding: pass (mask == 0).long()")
 
 
+def check_token_ids(name, ids, vocab_size):
+    """A text's token ids (a list of ints, a 1-D integer tensor, or one int) as a 1-D long tensor."""
+    try:
+        t = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is not None and t.numel() == 0:
+        raise MiniPeftError(f"{name} is empty; give the token ids of a text")
+    if t is None or t.dim() > 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        got = f"{t.dtype} tensor of shape {list(t.shape)}" if t is not None else repr(ids)[:100]
+        raise MiniPeftError(f"{name} must be token ids: a list of ints or a 1-D integer tensor; got {got}")
+    if bool((t < 0).any()) or bool((t >= vocab_size).any()):
+        raise MiniPeftError(f"{name} has ids outside the vocabulary [0, {vocab_size}): {t.tolist()[:10]}")
+    return t.long().reshape(-1)
+
+
 POSITIONS = ("real", "plain")
 
 
@@ -112,6 +128,15 @@ def check_decoding(max_new_tokens, temperature, top_k, eos_token_id):
     if not real or not 0 <= float(temperature) < math.inf:
         raise MiniPeftError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     return max_new_tokens, float(temperature), top_k, eos_token_id
+
+
+def check_generate_room(attention_mask, n_used, max_new_tokens, n_positions, what):
+    """GPT-2 generation: left padding only (new tokens follow the last one), and room in the context
+    for n_used slots plus max_new_tokens."""
+    if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
+        raise MiniPeftError("generate needs left padding (zeros before the tokens); attention_mask has padding on the right")
+    if n_used + max_new_tokens > n_positions:
+        raise MiniPeftError(f"{what} + max_new_tokens {max_new_tokens} exceeds the context of {n_positions} positions")
 
 
 def _integer(name, x, minimum, what):

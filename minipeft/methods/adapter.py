@@ -37,6 +37,25 @@ def last_token_index(input_ids, attention_mask=None):
     return position.masked_fill(~attention_mask.bool(), -1).max(1).values
 
 
+def class_scores(model, input_ids, attention_mask, label_token_ids, **forward_kwargs):
+    """Scores [B, C] of each class's first label token at the next position.
+
+    GPT: the logits after the last real token (left or right padding). T5: the first decoder step.
+    `model` is a model or an adapter wrapping one.
+    """
+    base = model.model if isinstance(model, Adapter) else model
+    labels = torch.as_tensor([ids[0] for ids in label_token_ids], device=input_ids.device)
+    if base.arch == "t5":
+        start = torch.zeros(input_ids.shape[0], 1, dtype=torch.long, device=input_ids.device)
+        logits = model(input_ids, start, attention_mask, **forward_kwargs)[:, 0]
+    else:
+        last = last_token_index(input_ids, attention_mask)                # [B], checked before the forward
+        logits = model(input_ids, attention_mask, **forward_kwargs)      # [B', T, V]
+        last = last.repeat(logits.shape[0] // len(last))                  # ensembles repeat the batch
+        logits = logits[torch.arange(logits.shape[0], device=last.device), last]
+    return logits[:, labels]
+
+
 def count_parameters(params):
     return sum(p.numel() for p in params)
 

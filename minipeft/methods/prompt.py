@@ -19,27 +19,11 @@ The prompt is fp32 whatever the model's dtype; it reaches a bf16/fp16 model cast
 import torch
 import torch.nn as nn
 
-from .adapter import Adapter, last_token_index, model_dtype
-from ..checks import check_gpt_call
+from .adapter import Adapter, class_scores, model_dtype
+from ..checks import check_gpt_call, check_token_ids
 from ..errors import MiniPeftError
 
 TOP_VOCAB = 5000
-
-
-def token_ids(name, ids, vocab_size):
-    """A text's token ids (a list of ints, a 1-D integer tensor, or one int) as a 1-D long tensor."""
-    try:
-        t = torch.as_tensor(ids)
-    except (TypeError, ValueError, RuntimeError):
-        t = None
-    if t is not None and t.numel() == 0:
-        raise MiniPeftError(f"{name} is empty; give the token ids of a text")
-    if t is None or t.dim() > 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        got = f"{t.dtype} tensor of shape {list(t.shape)}" if t is not None else repr(ids)[:100]
-        raise MiniPeftError(f"{name} must be token ids: a list of ints or a 1-D integer tensor; got {got}")
-    if bool((t < 0).any()) or bool((t >= vocab_size).any()):
-        raise MiniPeftError(f"{name} has ids outside the vocabulary [0, {vocab_size}): {t.tolist()[:10]}")
-    return t.long().reshape(-1)
 
 
 def init_prompt(embeddings, n_prompt, init="random", *, label_ids=None, text_ids=None, token_counts=None, generator=None):
@@ -63,12 +47,12 @@ def init_prompt(embeddings, n_prompt, init="random", *, label_ids=None, text_ids
         n_labels = 0 if label_ids is None else len(label_ids)
         if not 1 <= n_labels <= n_prompt:
             raise MiniPeftError(f"init='labels' needs between 1 and n_prompt={n_prompt} labels; got {n_labels}")
-        labels = torch.stack([E[token_ids(f"label_ids[{c}]", ids, V).to(E.device)].mean(0) for c, ids in enumerate(label_ids)])
+        labels = torch.stack([E[check_token_ids(f"label_ids[{c}]", ids, V).to(E.device)].mean(0) for c, ids in enumerate(label_ids)])
         return torch.cat([labels, sample_vocab(n_prompt - n_labels)]).clone()
     if init == "text":
         if text_ids is None:
             raise MiniPeftError("init='text' needs text_ids, the token ids of the text")
-        ids = token_ids("text_ids", text_ids, V).to(E.device)
+        ids = check_token_ids("text_ids", text_ids, V).to(E.device)
         return E[ids.repeat(n_prompt // len(ids) + 1)[:n_prompt]].clone()
     raise MiniPeftError(f"unknown prompt init {init!r}; choose 'random', 'vocab', 'labels' or 'text'")
 
@@ -186,22 +170,3 @@ class PromptTuning(Adapter):
         per_prompt = probs.argmax(-1)                                              # [K, B]
         votes = nn.functional.one_hot(per_prompt, probs.shape[-1]).sum(0).float()  # [B, C]
         return per_prompt, (votes + probs.mean(0) * 1e-3).argmax(-1)
-
-
-def class_scores(model, input_ids, attention_mask, label_token_ids, **forward_kwargs):
-    """Scores [B, C] of each class's first label token at the next position.
-
-    GPT: the logits after the last real token (left or right padding). T5: the first decoder step.
-    `model` is a model or an adapter wrapping one.
-    """
-    base = model.model if isinstance(model, Adapter) else model
-    labels = torch.as_tensor([ids[0] for ids in label_token_ids], device=input_ids.device)
-    if base.arch == "t5":
-        start = torch.zeros(input_ids.shape[0], 1, dtype=torch.long, device=input_ids.device)
-        logits = model(input_ids, start, attention_mask, **forward_kwargs)[:, 0]
-    else:
-        last = last_token_index(input_ids, attention_mask)                # [B], checked before the forward
-        logits = model(input_ids, attention_mask, **forward_kwargs)      # [B', T, V]
-        last = last.repeat(logits.shape[0] // len(last))                  # ensembles repeat the batch
-        logits = logits[torch.arange(logits.shape[0], device=last.device), last]
-    return logits[:, labels]

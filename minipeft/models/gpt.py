@@ -7,13 +7,10 @@ Hooks (used by minipeft/methods/bitfit.py, prefix.py, prompt.py; never monkey-pa
              (generate writes it into the KV cache once instead: the same keys)
   3. prompt:  forward(..., prompt=[B or 1, P, n_embd]) prepended to the token embeddings
 
-Positions (positions="real", the default) count real tokens only: with a prefix of P slots the
-first real token sits at position P (as in the prefix-tuning code and peft, which pass the prefix
-as past keys/values); a prompt takes positions 0..P-1; left padding takes no position, so a row of
-a padded batch gets the positions it has alone (those transformers' own GPT-2 generate gives it).
-positions="plain" counts every slot, padding included: position = index among [prefix; prompt;
-tokens], what transformers' forward gives without position_ids and hence what peft's forward
-computes. With no padding before a real token and no unused prompt/prefix slots they are the same.
+Positions (positions="real", the default) count real tokens: after a prefix of P slots the first
+token sits at P (as in the prefix-tuning code and peft), prompt slots take 0..P-1, left padding
+takes none, so a padded row gets the positions it has alone. positions="plain" counts every slot,
+padding included (transformers' forward without position_ids, so peft's numbers). docs/models.md.
 """
 
 import math
@@ -23,11 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import IGNORE, check_decoding, check_gpt_call, check_gpt_config, check_ids, check_labels
+from ..checks import IGNORE, check_decoding, check_generate_room, check_gpt_call, check_gpt_config, check_ids, check_labels
 from ..errors import MiniPeftError
 from ..speed import linear, linear_cross_entropy
 from .generation import decode
-from .layers import KVCache, LayerNorm, Linear, attend, bias_deltas, bias_slots, build_mask, merge_heads, split_heads
+from .layers import KeepKeysValues, KVCache, LayerNorm, Linear, attend, bias_deltas, bias_slots, build_mask, merge_heads, split_heads
 
 
 @dataclass
@@ -125,17 +122,6 @@ class Block(nn.Module):
     def forward(self, x, mask, is_causal, prefix, cache, layer):
         x = x + self.attn(self.ln_1(x), mask, is_causal, prefix, cache, layer)
         return x + self.mlp(self.ln_2(x))
-
-
-class _KeepKeysValues:
-    """Stands in for a KVCache in one pass: keeps each layer's keys/values as computed (gradients included)."""
-
-    def __init__(self):
-        self.pairs = []
-
-    def update(self, layer, k, v):
-        self.pairs.append((k, v))
-        return k, v
 
 
 class GPT(nn.Module):
@@ -271,7 +257,7 @@ class GPT(nn.Module):
         P, n_prefix = x.shape[1], 0 if prefix is None else prefix[0][0].shape[2]
         h = self.drop(x + self.wpe(torch.arange(n_prefix, n_prefix + P, device=x.device)))    # [1, P, C]
         mask = None if prefix is None else build_mask(torch.ones(1, P, dtype=torch.bool, device=x.device), P, n_prefix=n_prefix)
-        keep = _KeepKeysValues()
+        keep = KeepKeysValues()
         for i, block in enumerate(self.h):
             h = block(h, mask, prefix is None, None if prefix is None else prefix[i], keep, i)
         if prefix is None:
@@ -294,13 +280,10 @@ class GPT(nn.Module):
                               prefix_mask=prefix_mask, infix_at=infix_at, prompt_mask=prompt_mask, positions=positions,
                               bias_slots=bias_slots(self) if bias_delta else ())
         max_new_tokens, temperature, top_k, eos_token_id = check_decoding(max_new_tokens, temperature, top_k, eos_token_id)
-        if attention_mask is not None and bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
-            raise MiniPeftError("generate needs left padding (zeros before the tokens); attention_mask has padding on the right")
         n_prompt = 0 if prompt is None else prompt.shape[1]
         n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
-        if n_prefix + n_prompt + T + max_new_tokens > self.config.n_positions:
-            raise MiniPeftError(f"prefix {n_prefix} + prompt {n_prompt} + input {T} + max_new_tokens {max_new_tokens} "
-                                f"exceeds the context of {self.config.n_positions} positions")
+        check_generate_room(attention_mask, n_prefix + n_prompt + T, max_new_tokens, self.config.n_positions,
+                            f"prefix {n_prefix} + prompt {n_prompt} + input {T}")
         cfg, w = self.config, self.wte.weight
         cache = KVCache(cfg.n_layer, B, cfg.n_head, n_prefix + n_prompt + T + max_new_tokens, cfg.head_dim, device=w.device, dtype=w.dtype)
         if prefix is not None and infix_at is None:  # a prefix (not an infix) becomes the cache's first keys

@@ -16,24 +16,13 @@ Hooks, with the names and shapes GPT-2 uses (models/gpt.py):
      decoder's output (and logits) keep the shape of decoder_input_ids.
 
 Relative position bias of a prefix (T5 has no absolute positions; the bias depends on
-key_pos - query_pos). In every self-attention a prefix of P slots sits at positions 0..P-1 and
-the real tokens at P, P+1, ...:
-  - decoder: exactly what transformers does when the prefix is passed as past key/values (peft's
-    prefix tuning): with a past of length P, queries sit at P..P+T-1 and keys at 0..P+T-1. Prefix
-    slots get the bias of tokens standing before the queries; distances between real tokens are
-    unchanged.
-  - encoder: the same rule, for the same reasons: a prefix then acts like P tokens written in
-    front of the input (where a prompt goes too: with both, the prefix is at 0..P-1 and the prompt
-    follows), slots are "before" every real token (their own buckets in the bidirectional
-    encoder, never confused with tokens after the query), and distances between real tokens are
-    unchanged, so a prefix made of real tokens' keys/values reproduces those tokens.
-  - cross-attention has no position bias: a prefix there just adds keys/values.
-Positions (positions="real", the default) count valid slots only: padding, and the unused slots
-of a shorter prompt or prefix in a mixed-task batch, take none, so a row of a padded or mixed
-batch gets exactly the bias it would get alone. positions="plain" counts every slot, padding
-included: the plain indices transformers uses, so with padding between a prompt and the text
-(peft's prompt tuning on a left-padded batch) it gives peft's numbers. Without padding or unused
-slots the two are the same; with right padding only they differ on the padding alone.
+key_pos - query_pos): in each self-attention the P prefix slots sit at positions 0..P-1 and the
+real tokens at P, P+1, ... In the decoder that is exactly transformers with the prefix passed as
+past keys/values (peft's prefix tuning); the encoder follows the same rule, so a prefix acts like P
+tokens written in front of the input (a prompt follows it) and distances between real tokens never
+change. Cross-attention has no position bias. positions="real" (the default) counts valid slots
+only, so a row of a padded or mixed-task batch gets the bias it has alone; positions="plain" counts
+every slot (transformers' plain indices: peft's numbers on left-padded batches). docs/models.md.
 """
 
 import math

@@ -193,7 +193,7 @@ def evaluate(module, data, codec, *, batch_size=32, max_len=160, device="cpu"):
 def accuracy(module, data, codec, labels, *, batch_size=64, max_len=160, device="cpu"):
     """Label-word classification accuracy: the label whose first token scores highest next.
     For a prompt ensemble, returns (mean single-prompt accuracy, majority-vote accuracy)."""
-    from ..methods.prompt import class_scores
+    from ..methods.adapter import class_scores
     module.eval()
     max_len = fit(module, max_len)
     label_ids = [codec.encode(word) for word in labels]

@@ -119,7 +119,7 @@ def test_bf16_model_trains_and_generates_like_fp32(arch):
 
 
 def test_class_scores_read_the_last_real_token_with_left_or_right_padding():
-    from minipeft.methods.prompt import class_scores
+    from minipeft.methods.adapter import class_scores
     adapter = PromptTuning(tiny_gpt(), 4, "vocab", n_ensemble=2)
     ids = toy_batch(61, batch=2)
     short = ids[0, :9]
