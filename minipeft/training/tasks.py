@@ -3,12 +3,16 @@
 table-to-text, in the spirit of E2E (the prefix-tuning paper's benchmark):
     source  "name[The Eagle] eatType[pub] food[Italian] area[riverside]"
     target  "The Eagle is a pub serving Italian food in the riverside area."
+    (one of three openings at random; e2e_references(source) gives all three, BLEU's references)
 sentiment, a two-class task with label words (for prompt tuning's class-label init):
     text    "the soup was bland and the staff were friendly but the wine was awful"
     label   "negative" (the majority of the three judgements)
 """
 
 import random
+import re
+
+from ..errors import MiniPeftError
 
 NAMES = ["The Eagle", "The Mill", "Blue Spice", "Alimentum", "Zizzi", "The Punter", "Aromi", "Cotto", "Loch Fyne",
          "The Phoenix", "Bibimbap House", "Clowns", "Fitzbillies", "Giraffe", "Midsummer House", "The Rice Boat",
@@ -17,10 +21,18 @@ EAT_TYPES = ["restaurant", "pub", "coffee shop"]
 FOODS = ["Italian", "French", "Chinese", "Indian", "English", "Japanese", "fast food"]
 PRICES = ["cheap", "moderate", "high"]
 AREAS = ["riverside", "city centre"]
+FAMILY = ["yes", "no"]
 
 
 def _article(word):
     return "an" if word[0].lower() in "aeiou" else "a"
+
+
+# how a target sentence may open; whichever opens it, the rest of the sentence is the same
+OPENINGS = ("{name} is {a_eat} {eatType} serving {food} food",
+            "{name} is {a_food} {food} {eatType}",
+            "There is {a_food} {food} {eatType} called {name}")
+PRICE_CLAUSES = {"cheap": "prices are low", "moderate": "prices are moderate", "high": "prices are high"}
 
 
 def e2e_example(rng):
@@ -29,7 +41,7 @@ def e2e_example(rng):
     attrs = {"name": name, "eatType": eat, "food": food}
     price = rng.choice(PRICES) if rng.random() < 0.6 else None
     area = rng.choice(AREAS) if rng.random() < 0.7 else None
-    family = rng.choice(["yes", "no"]) if rng.random() < 0.5 else None
+    family = rng.choice(FAMILY) if rng.random() < 0.5 else None
     if price:
         attrs["priceRange"] = price
     if area:
@@ -37,21 +49,45 @@ def e2e_example(rng):
     if family:
         attrs["familyFriendly"] = family
     source = " ".join(f"{k}[{v}]" for k, v in attrs.items())
-    opening = rng.choice([f"{name} is {_article(eat)} {eat} serving {food} food",
-                          f"{name} is {_article(food)} {food} {eat}",
-                          f"There is {_article(food)} {food} {eat} called {name}"])
-    parts = [opening]
+    return source, _sentence(attrs, rng.choice(OPENINGS))
+
+
+def e2e_references(source):
+    """Every target e2e_example could have written for `source` (one per opening): the
+    references a hypothesis is scored against, several per source as in E2E."""
+    attrs = _parse_source(source)
+    return [_sentence(attrs, opening) for opening in OPENINGS]
+
+
+def _sentence(attrs, opening):
+    """The sentence stating attrs {attribute: value}, starting with `opening` (one of OPENINGS)."""
+    eat, food = attrs["eatType"], attrs["food"]
+    sentence = opening.format(name=attrs["name"], eatType=eat, food=food, a_eat=_article(eat), a_food=_article(food))
+    area = attrs.get("area")
     if area:
-        parts.append(f"in the {area} area" if area == "riverside" else "in the city centre")
-    sentence = " ".join(parts)
+        sentence += " " + (f"in the {area} area" if area == "riverside" else "in the city centre")
     extras = []
-    if price:
-        extras.append({"cheap": "prices are low", "moderate": "prices are moderate", "high": "prices are high"}[price])
-    if family:
-        extras.append("it is family friendly" if family == "yes" else "it is not family friendly")
+    if "priceRange" in attrs:
+        extras.append(PRICE_CLAUSES[attrs["priceRange"]])
+    if "familyFriendly" in attrs:
+        extras.append("it is family friendly" if attrs["familyFriendly"] == "yes" else "it is not family friendly")
     if extras:
         sentence += ". " + " and ".join(extras).capitalize()
-    return source, sentence + "."
+    return sentence + "."
+
+
+def _parse_source(source):
+    """{attribute: value} of a source as e2e_example writes it, else a MiniPeftError."""
+    pairs = re.findall(r"(\w+)\[([^\]]+)\]", source) if isinstance(source, str) else []
+    attrs = dict(pairs)
+    values = {"name": None, "eatType": None, "food": None, "priceRange": PRICES, "area": AREAS, "familyFriendly": FAMILY}
+    if not (" ".join(f"{k}[{v}]" for k, v in pairs) == source and len(attrs) == len(pairs)
+            and {"name", "eatType", "food"} <= attrs.keys()
+            and all(k in values and (values[k] is None or v in values[k]) for k, v in attrs.items())):
+        raise MiniPeftError(f"not an e2e source: {source!r:.200}; expected name, eatType and food, then optionally "
+                            f"priceRange {PRICES}, area {AREAS}, familyFriendly {FAMILY}, as in "
+                            f"'name[The Eagle] eatType[pub] food[Italian] area[riverside]'")
+    return attrs
 
 
 def e2e(n, seed=0):
