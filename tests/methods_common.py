@@ -11,9 +11,9 @@ from minipeft.training.state import make_optimizer
 GPT_TINY = dict(vocab_size=61, n_positions=64, n_embd=32, n_layer=2, n_head=4)
 
 
-def tiny_gpt(seed=0):
+def tiny_gpt(seed=0, **overrides):
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(**GPT_TINY)).eval()
+    model = GPT(GPTConfig(**{**GPT_TINY, **overrides})).eval()
     with torch.no_grad():  # larger than GPT-2's init, so that a frozen random model can be steered
         for name, p in model.named_parameters():
             if "bias" in name:

@@ -18,6 +18,7 @@ from ..errors import MiniPeftError
 from ..checks import IGNORE
 from ..methods.prefix import PrefixTuning
 from ..methods.prompt import PromptTuning
+from ..models.t5 import EOS_ID
 from .tasks import e2e, sentiment
 from . import loop
 from .state import make_optimizer, step_seed
@@ -111,13 +112,16 @@ def fit(module, max_len):
     return min(max_len, base.config.n_positions - slots)
 
 
-def _pad(rows, value):
+def _pad(rows, value, left=False):
+    """(ids [B, T], mask [B, T]) of lists of ids: `value` after each row's tokens (before them with
+    left=True, as GPT-2 generation needs), mask 1 on the tokens."""
     T = max(len(r) for r in rows)
     ids = torch.full((len(rows), T), value, dtype=torch.long)
     mask = torch.zeros(len(rows), T, dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
+        span = slice(T - len(r), T) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
     return ids, mask
 
 
@@ -217,6 +221,62 @@ def accuracy(module, data, codec, labels, *, batch_size=64, max_len=160, device=
     if isinstance(module, PromptTuning) and module.n_ensemble > 1:
         return single / n, voted / n
     return single / n
+
+
+@torch.no_grad()
+def generate_completions(module, prompts, codec, *, max_new_tokens=80, batch_size=32, stop="\n", max_len=160, device="cpu"):
+    """Greedy completions of `prompts` (strings) by a model or adapter: the text each one continues
+    with, at most max_new_tokens tokens, cut before the first `stop` (None: not cut).
+
+    GPT: batches are left-padded, so that the new tokens follow every row's last one; a prompt keeps
+    its last max_len tokens (fewer where the adapter's prefix/prompt slots and the new tokens would
+    overflow the context). A stop string of one token ends a row there (generate's eos). T5: the
+    prompt's first max_len tokens feed the encoder (as batch() trims them) and the decoder stops at
+    its eos. Not supported: an infix prefix, a prompt ensemble (pick one with PromptTuning.member).
+    """
+    base = getattr(module, "model", module)
+    _check_completion_args(module, base, prompts, codec, max_new_tokens, batch_size, stop, max_len)
+    module.eval()
+    t5 = codec.arch == "t5"
+    if t5:
+        keep, eos = fit(module, max_len), EOS_ID
+    else:
+        n_ctx = base.config.n_positions
+        room = fit(module, n_ctx) - max_new_tokens                     # the context less the slots and the new tokens
+        if room < 1:
+            raise MiniPeftError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt: the context has {n_ctx} "
+                                f"positions, {n_ctx - fit(module, n_ctx)} of them the adapter's slots")
+        keep, eos = min(fit(module, max_len), room), _single_token(stop, codec)
+    completions = []
+    for i in range(0, len(prompts), batch_size):
+        rows = [codec.encode(p) for p in prompts[i:i + batch_size]]
+        ids, mask = _pad([r[:keep] for r in rows], 0) if t5 else _pad([r[-keep:] for r in rows], 0, left=True)
+        out = module.generate(ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, eos_token_id=eos)
+        new = out[:, 1:] if t5 else out[:, ids.shape[1]:]              # T5: after the decoder's start token
+        # a row that ended is padded with eos: for T5 an id the codec drops, for GPT the stop itself
+        texts = [codec.decode(row) for row in new.tolist()]
+        completions += texts if stop is None else [text.split(stop, 1)[0] for text in texts]
+    return completions
+
+
+def _single_token(text, codec):
+    """The id of `text` when it is exactly one token (decoding can end there), else None."""
+    ids = [] if text is None else codec.encode(text)
+    return ids[0] if len(ids) == 1 and codec.decode(ids) == text else None
+
+
+def _check_completion_args(module, base, prompts, codec, max_new_tokens, batch_size, stop, max_len):
+    if getattr(base, "arch", None) != codec.arch:
+        raise MiniPeftError(f"the codec is for a {codec.arch} model but the module is a {getattr(base, 'arch', type(base).__name__)}")
+    if isinstance(module, PrefixTuning) and module.where == "infix":
+        raise MiniPeftError("generate_completions does not support an infix prefix (where='infix'); use where='all'")
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) and p for p in prompts):
+        raise MiniPeftError("prompts must be a list of non-empty strings")
+    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size), ("max_len", max_len)):
+        if type(value) is not int or value < 1:
+            raise MiniPeftError(f"{name} must be a positive integer, got {value!r}")
+    if stop is not None and not (isinstance(stop, str) and stop):
+        raise MiniPeftError(f"stop must be a non-empty string or None, got {stop!r}")
 
 
 class Timer:

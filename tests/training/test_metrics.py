@@ -4,9 +4,19 @@ import sys
 
 import pytest
 import sacrebleu
+import torch
 
 from minipeft.errors import MiniPeftError
+from minipeft.io.tokenizer import CharTokenizer
+from minipeft.methods.bitfit import BitFit
+from minipeft.methods.prefix import PrefixTuning
+from minipeft.methods.prompt import PromptTuning
+from minipeft.training.finetune import Codec, generate_completions
 from minipeft.training.metrics import text_scores
+
+from tests.methods_common import tiny_gpt, tiny_t5
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 HYPS = ["the cat sat on the mat", "a dog barked at the postman today"]
 REFS = [["the cat sat on a mat", "there is a cat on the mat"],        # two references per hypothesis
@@ -52,3 +62,87 @@ def test_text_scores_without_sacrebleu_say_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "sacrebleu", None)                     # import sacrebleu fails
     with pytest.raises(MiniPeftError, match=r"pip install 'minipeft\[eval\]'"):
         text_scores(HYPS, REFS)
+
+
+# ---- greedy completions: batched and left-padded == one prompt at a time == argmax by hand -------
+
+TEXT = "name[Zizzi] eatType[pub] food[Italian] => Zizzi is an Italian pub.\n"
+PROMPTS = ["name[Zizzi] => ", "eatType[pub] food[Italian] => ", "Zi", "food[Italian] name[Zizzi] eatType[pub] => "]
+GPT_MAKERS = {"model": lambda m: m, "bitfit": BitFit, "prefix": lambda m: PrefixTuning(m, 3), "prompt": lambda m: PromptTuning(m, 4)}
+
+
+def varied(module):
+    """Larger random matrices, and nonzero adapter parameters: a small random model's greedy text
+    mostly repeats one token, which would make two decodings agree without proving much."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5)
+            elif p.requires_grad:
+                p.normal_(0, 0.1)                          # BitFit's deltas (zero at the start)
+    return module
+
+
+def gpt_setup(make="model"):
+    codec = Codec(CharTokenizer.from_text(TEXT), "gpt")
+    model = varied(tiny_gpt(vocab_size=codec.vocab_size))
+    return varied(GPT_MAKERS[make](model)) if make != "model" else model, codec
+
+
+def argmax_by_hand(module, prompt, codec, n):
+    """n greedy tokens from the forward's logits, no cache, no padding, no eos."""
+    ids = codec.encode(prompt)
+    for _ in range(n):
+        ids.append(int(module(torch.tensor([ids]))[0, -1].argmax()))
+    return codec.decode(ids[len(codec.encode(prompt)):])
+
+
+@pytest.mark.parametrize("make", sorted(GPT_MAKERS))
+def test_gpt_completions_batched_equal_one_by_one_and_by_hand(make):
+    module, codec = gpt_setup(make)
+    batched = generate_completions(module, PROMPTS, codec, max_new_tokens=8, stop=None, batch_size=3)
+    alone = [generate_completions(module, [p], codec, max_new_tokens=8, stop=None)[0] for p in PROMPTS]
+    assert batched == alone and all(len(c) == 8 for c in batched)
+    assert batched[3] == argmax_by_hand(module, PROMPTS[3], codec, 8)
+
+
+def test_gpt_completions_stop_at_the_stop_string():
+    module, codec = gpt_setup("prefix")
+    full = generate_completions(module, PROMPTS, codec, max_new_tokens=12, stop=None)
+    at = next(i for i in range(2, 12) if full[0][i] not in full[0][:i])   # a character new to the text there
+    for stop in (full[0][at], full[0][at:at + 2]):         # one token (decoding ends there) or two
+        assert generate_completions(module, PROMPTS, codec, max_new_tokens=12, stop=stop) == [c.split(stop, 1)[0] for c in full]
+
+
+def test_gpt_prompts_keep_their_end_within_the_context():
+    module, codec = gpt_setup("prefix")                     # 64 positions, 3 of them the prefix
+    long = (TEXT * 2)[:70]
+    alone = lambda p, **kw: generate_completions(module, [p], codec, max_new_tokens=10, stop=None, **kw)  # noqa: E731
+    assert alone(long) == alone(long[-(64 - 3 - 10):])
+    assert alone(long, max_len=20) == alone(long[-20:])
+    with pytest.raises(MiniPeftError, match="leaves no room for a prompt"):
+        generate_completions(module, PROMPTS, codec, max_new_tokens=61)
+
+
+def test_t5_completions_batched_equal_one_by_one_and_by_hand():
+    codec = Codec(CharTokenizer.from_text(TEXT), "t5")
+    model = varied(tiny_t5(1, vocab_size=codec.vocab_size))
+    batched = generate_completions(model, PROMPTS, codec, max_new_tokens=6, stop=None, batch_size=3)
+    assert batched == [generate_completions(model, [p], codec, max_new_tokens=6, stop=None)[0] for p in PROMPTS]
+    dec = [0]                                               # the decoder's start token, then argmax to eos (1)
+    while len(dec) <= 6 and dec[-1] != 1:
+        dec.append(int(model(torch.tensor([codec.encode(PROMPTS[3])]), torch.tensor([dec]))[0, -1].argmax()))
+    assert batched[3] == codec.decode([t for t in dec[1:] if t != 1])
+
+
+def test_completions_refuse_what_they_do_not_support():
+    model, codec = gpt_setup()
+    for kw, match in [(dict(prompts="a prompt"), "list of non-empty strings"), (dict(prompts=["a", ""]), "list of non-empty"),
+                      (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
+                      (dict(batch_size=2.0), "batch_size must be"), (dict(stop=""), "stop must be"),
+                      (dict(codec=Codec(codec.tokenizer, "t5")), "codec is for a t5 model"),
+                      (dict(module=PrefixTuning(model, 3, where="infix")), "infix"),
+                      (dict(module=PromptTuning(model, 4, n_ensemble=2)), r"member\(k\)")]:
+        args = {"module": model, "prompts": PROMPTS, "codec": codec, "max_new_tokens": 4, **kw}
+        with pytest.raises(MiniPeftError, match=match):
+            generate_completions(args.pop("module"), args.pop("prompts"), args.pop("codec"), **args)
