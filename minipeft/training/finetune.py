@@ -19,11 +19,13 @@ from ..checks import IGNORE
 from ..methods.prefix import PrefixTuning
 from ..methods.prompt import PromptTuning
 from ..models.t5 import EOS_ID
-from .tasks import e2e, sentiment
+from .metrics import text_scores
+from .tasks import e2e, e2e_references, sentiment
 from . import loop
 from .state import make_optimizer, step_seed
 
 METHODS = ("full", "frozen", "bitfit", "prefix", "prompt")
+ARROW = " => "  # ends every prompt: "source => " -> "target\n"
 # AdamW learning rates for the small char models; BitFit ~10x full fine-tuning, as the paper advises
 LEARNING_RATES = {"full": 1e-3, "bitfit": 1e-2, "prefix": 3e-3, "prompt": 3e-2}
 
@@ -71,10 +73,10 @@ def task_data(n_train, n_val, seeds):
     """(training mixture, E2E validation, sentiment validation) as (prompt, completion) pairs:
     "source => " -> "target\n". seeds: the generators' seeds for (E2E train, sentiment train,
     E2E validation, sentiment validation)."""
-    train = [(s + " => ", t + "\n") for s, t in e2e(n_train, seed=seeds[0])]
-    train += [(t + " => ", label + "\n") for t, label in sentiment(n_train, seed=seeds[1])]
-    e2e_val = [(s + " => ", t + "\n") for s, t in e2e(n_val, seed=seeds[2])]
-    sent_val = [(t + " => ", label + "\n") for t, label in sentiment(n_val, seed=seeds[3])]
+    train = [(s + ARROW, t + "\n") for s, t in e2e(n_train, seed=seeds[0])]
+    train += [(t + ARROW, label + "\n") for t, label in sentiment(n_train, seed=seeds[1])]
+    e2e_val = [(s + ARROW, t + "\n") for s, t in e2e(n_val, seed=seeds[2])]
+    sent_val = [(t + ARROW, label + "\n") for t, label in sentiment(n_val, seed=seeds[3])]
     return train, e2e_val, sent_val
 
 
@@ -277,6 +279,22 @@ def _check_completion_args(module, base, prompts, codec, max_new_tokens, batch_s
             raise MiniPeftError(f"{name} must be a positive integer, got {value!r}")
     if stop is not None and not (isinstance(stop, str) and stop):
         raise MiniPeftError(f"stop must be a non-empty string or None, got {stop!r}")
+
+
+def e2e_scores(module, data, codec, **kw):
+    """{"bleu", "chrf"} (metrics.text_scores) of the greedy completions of E2E pairs (prompt
+    "SOURCE => ", as task_data builds them) against every reference of their source
+    (tasks.e2e_references). kw: generate_completions' options; max_new_tokens defaults to the
+    longest reference's tokens + 1 (for the stop), so that no hypothesis is cut short."""
+    if not data:
+        raise MiniPeftError("e2e_scores: no examples to score")
+    prompts = [prompt for prompt, _ in data]
+    bad = [p for p in prompts if not (isinstance(p, str) and p.endswith(ARROW))]
+    if bad:
+        raise MiniPeftError(f"e2e_scores needs prompts 'SOURCE{ARROW}' (as task_data builds them); got {bad[0]!r:.200}")
+    references = [e2e_references(p[:-len(ARROW)]) for p in prompts]
+    kw.setdefault("max_new_tokens", max(len(codec.encode(r)) for refs in references for r in refs) + 1)
+    return text_scores(generate_completions(module, prompts, codec, **kw), references)
 
 
 class Timer:

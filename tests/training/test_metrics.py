@@ -6,13 +6,15 @@ import pytest
 import sacrebleu
 import torch
 
+from minipeft import GPTConfig
 from minipeft.errors import MiniPeftError
 from minipeft.io.tokenizer import CharTokenizer
 from minipeft.methods.bitfit import BitFit
 from minipeft.methods.prefix import PrefixTuning
 from minipeft.methods.prompt import PromptTuning
-from minipeft.training.finetune import Codec, generate_completions
+from minipeft.training.finetune import Codec, e2e_scores, generate_completions, task_data
 from minipeft.training.metrics import text_scores
+from minipeft.training.tasks import e2e_references
 
 from tests.methods_common import tiny_gpt, tiny_t5
 
@@ -146,3 +148,34 @@ def test_completions_refuse_what_they_do_not_support():
         args = {"module": model, "prompts": PROMPTS, "codec": codec, "max_new_tokens": 4, **kw}
         with pytest.raises(MiniPeftError, match=match):
             generate_completions(args.pop("module"), args.pop("prompts"), args.pop("codec"), **args)
+
+
+# ---- E2E scores: completions against every reference of their source -----------------------------
+
+class Answers(torch.nn.Module):
+    """A stand-in GPT whose generate writes a fixed answer after each prompt (then eos)."""
+    arch = "gpt"
+
+    def __init__(self, codec, answers):
+        super().__init__()
+        self.codec, self.answers, self.config = codec, answers, GPTConfig(n_positions=1024)
+
+    def generate(self, ids, mask, *, max_new_tokens, eos_token_id):
+        new = [self.codec.encode(self.answers[self.codec.decode(row[m.bool()].tolist())])[:max_new_tokens] for row, m in zip(ids, mask)]
+        width = max(len(n) for n in new)
+        return torch.cat([ids, torch.tensor([n + [eos_token_id] * (width - len(n)) for n in new])], 1)
+
+
+def test_e2e_scores_use_every_reference_of_a_source():
+    _, data, _ = task_data(1, 6, seeds=(0, 1, 2, 3))
+    codec = Codec(CharTokenizer.from_text("".join(p + "".join(e2e_references(p[:-4])) for p, _ in data) + "\nmore"), "gpt")
+    # another opening than the data's target, then the stop and more text: a perfect score
+    other_opening = {p: next(r for r in e2e_references(p[:-4]) if r + "\n" != c) + "\nmore" for p, c in data}
+    assert e2e_scores(Answers(codec, other_opening), data, codec) == pytest.approx({"bleu": 100.0, "chrf": 100.0})
+    # the first five words of each target: the scores of those against all references
+    first_words = {p: " ".join(c.split()[:5]) + "\n" for p, c in data}
+    scores = e2e_scores(Answers(codec, first_words), data, codec)
+    assert scores == text_scores([first_words[p].strip() for p, _ in data], [e2e_references(p[:-4]) for p, _ in data])
+    assert scores["bleu"] < 50
+    with pytest.raises(MiniPeftError, match="SOURCE => "):
+        e2e_scores(Answers(codec, first_words), [("name[Zizzi]", "x")], codec)
