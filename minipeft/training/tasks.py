@@ -4,9 +4,9 @@ table-to-text, in the spirit of E2E (the prefix-tuning paper's benchmark):
     source  "name[The Eagle] eatType[pub] food[Italian] area[riverside]"
     target  "The Eagle is a pub serving Italian food in the riverside area."
     (one of three openings at random; e2e_references(source) gives all three, BLEU's references)
-sentiment, a two-class task with label words (for prompt tuning's class-label init):
-    text    "the soup was bland and the staff were friendly but the wine was awful"
-    label   "negative" (the majority of the three judgements)
+sentiment, a two-class task with label words (for prompt tuning's class-label init), balanced:
+    text    "the soup was bland and the staff was friendly but the wine was stale"
+    label   "negative" (the majority of the three judgements; in half the reviews they all agree)
 """
 
 import random
@@ -29,7 +29,7 @@ def _article(word):
 
 
 # how a target sentence may open; whichever opens it, the rest of the sentence is the same
-OPENINGS = ("{name} is {a_eat} {eatType} serving {food} food",
+OPENINGS = ("{name} is {a_eat} {eatType} serving {food_dishes}",
             "{name} is {a_food} {food} {eatType}",
             "There is {a_food} {food} {eatType} called {name}")
 PRICE_CLAUSES = {"cheap": "prices are low", "moderate": "prices are moderate", "high": "prices are high"}
@@ -62,7 +62,9 @@ def e2e_references(source):
 def _sentence(attrs, opening):
     """The sentence stating attrs {attribute: value}, starting with `opening` (one of OPENINGS)."""
     eat, food = attrs["eatType"], attrs["food"]
-    sentence = opening.format(name=attrs["name"], eatType=eat, food=food, a_eat=_article(eat), a_food=_article(food))
+    dishes = food if food.endswith("food") else f"{food} food"                   # "fast food", not "fast food food"
+    sentence = opening.format(name=attrs["name"], eatType=eat, food=food, food_dishes=dishes, a_eat=_article(eat),
+                              a_food=_article(food))
     area = attrs.get("area")
     if area:
         sentence += " " + (f"in the {area} area" if area == "riverside" else "in the city centre")
@@ -96,19 +98,33 @@ def e2e(n, seed=0):
 
 
 SENTIMENT_LABELS = ("positive", "negative")
-_SUBJECTS = ["the soup", "the pasta", "the service", "the staff", "the wine", "the room", "the dessert", "the music", "the bread"]
-_GOOD = ["delicious", "friendly", "lovely", "superb", "warm", "excellent", "fresh"]
-_BAD = ["bland", "rude", "awful", "cold", "stale", "terrible", "slow"]
+FOOD = (["delicious", "fresh", "superb"], ["bland", "stale", "cold"])        # (good words, bad words)
+PEOPLE = (["friendly", "quick", "excellent"], ["rude", "slow", "careless"])
+PLACE = (["lovely", "warm", "cosy"], ["noisy", "cold", "dreary"])
+SUBJECTS = {"the soup": FOOD, "the pasta": FOOD, "the wine": FOOD, "the dessert": FOOD, "the bread": FOOD,
+            "the service": PEOPLE, "the staff": PEOPLE, "the room": PLACE, "the music": PLACE}
 
 
-def sentiment(n, seed=0):
-    """(text, label) pairs: three judgements; the label is the majority's polarity."""
+def judgement(rng, subject, good):
+    """A word that judges `subject` well (good=True) or badly."""
+    return rng.choice(SUBJECTS[subject][0 if good else 1])
+
+
+def sentiment(n, seed=0, *, against=0.5):
+    """(text, label) pairs, the classes balanced (n // 2 of each, the odd one positive): three
+    judgements of one visit; with probability `against` one of them disagrees with the other two.
+    The label is the majority's polarity."""
     rng = random.Random(seed)
+    labels = [i % 2 == 0 for i in range(n)]
+    rng.shuffle(labels)
     out = []
-    for _ in range(n):
-        polarity = [rng.random() < 0.5 for _ in range(3)]
-        clauses = [f"{s} was {rng.choice(_GOOD if good else _BAD)}" for s, good in zip(rng.sample(_SUBJECTS, 3), polarity)]
+    for positive in labels:
+        polarity = [positive] * 3
+        if rng.random() < against:
+            polarity[rng.randrange(3)] = not positive
+        subjects = rng.sample(list(SUBJECTS), 3)
+        clauses = [f"{s} was {judgement(rng, s, good)}" for s, good in zip(subjects, polarity)]
         joiner = rng.choice([(" and ", " but "), (", ", " and "), (" but ", " and ")])
         text = clauses[0] + joiner[0] + clauses[1] + joiner[1] + clauses[2]
-        out.append((text, SENTIMENT_LABELS[0] if sum(polarity) >= 2 else SENTIMENT_LABELS[1]))
+        out.append((text, SENTIMENT_LABELS[0] if positive else SENTIMENT_LABELS[1]))
     return out

@@ -1,13 +1,11 @@
 """The generated downstream tasks: deterministic, and the targets state what the sources say."""
 
-import hashlib
-import json
 import re
 
 import pytest
 
 from minipeft.errors import MiniPeftError
-from minipeft.training.tasks import SENTIMENT_LABELS, e2e, e2e_references, sentiment
+from minipeft.training.tasks import SUBJECTS, e2e, e2e_references, sentiment
 
 
 def assert_faithful(source, sentences):
@@ -32,14 +30,9 @@ def test_e2e_is_deterministic_and_faithful():
         assert_faithful(source, [target])
 
 
-def test_e2e_targets_are_unchanged_for_a_seed():
-    # digests of e2e(500, seed) as the generator wrote it before the sentence moved into a helper
-    for seed, digest in [(0, "3c2257c5afc7561e4567ebae8a615ec2d5af9b7ec5dc6759c10810b9172f434e"),
-                         (7, "4a0ae9352202fb9ba0a4dbabc7d9a9c820148af83cc37429cb8a1049f2f71db5")]:
-        assert hashlib.sha256(json.dumps(e2e(500, seed=seed)).encode()).hexdigest() == digest
-    assert e2e(2, seed=1)[1] == (
-        "name[The Vaults] eatType[pub] food[fast food] priceRange[moderate] area[city centre] familyFriendly[yes]",
-        "There is a fast food pub called The Vaults in the city centre. Prices are moderate and it is family friendly.")
+def test_e2e_names_fast_food_once():
+    targets = [t for s, t in e2e(400) if "food[fast food]" in s]
+    assert targets and not any("food food" in t for t in targets)
 
 
 def test_e2e_references_hold_the_target_and_only_faithful_sentences():
@@ -60,11 +53,19 @@ def test_e2e_references_refuse_what_is_not_a_source():
             e2e_references(bad)
 
 
-def test_sentiment_labels_follow_the_majority():
-    data = sentiment(400)
-    assert {label for _, label in data} == set(SENTIMENT_LABELS)
-    good = {"delicious", "friendly", "lovely", "superb", "warm", "excellent", "fresh"}
+def test_sentiment_labels_follow_the_majority_and_the_classes_are_balanced():
+    data = sentiment(401)
+    assert sentiment(50, seed=3) == sentiment(50, seed=3) != sentiment(50, seed=4)
+    labels = [label for _, label in data]
+    assert labels.count("positive") == 201 and labels.count("negative") == 200
+    good = {w for words, _ in SUBJECTS.values() for w in words}
+    bad = {w for _, words in SUBJECTS.values() for w in words}
+    against = 0
     for text, label in data:
-        words = re.findall(r"was (\w+)", text)
-        assert len(words) == 3
-        assert (sum(w in good for w in words) >= 2) == (label == "positive")
+        judged = re.findall(r"(the \w+) was (\w+)", text)
+        assert len(judged) == 3 and all(word in good | bad for _, word in judged)
+        assert all(word in SUBJECTS[subject][0] + SUBJECTS[subject][1] for subject, word in judged)  # words fit their subject
+        n_good = sum(word in SUBJECTS[subject][0] for subject, word in judged)
+        assert (n_good >= 2) == (label == "positive")
+        against += n_good in (1, 2)
+    assert 0.4 < against / len(data) < 0.6  # about half the reviews hold one dissenting judgement
