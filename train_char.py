@@ -41,6 +41,7 @@ from minipeft.training import finetune as ft
 from minipeft.methods.adapter import Adapter, count_parameters
 from minipeft.io.atomic import atomic_write
 from minipeft.training.corpus import default_corpus
+from minipeft.training.domain import pretraining_text
 from minipeft.training.tasks import SENTIMENT_LABELS
 from minipeft.training.textdata import read_text
 from minipeft.io.tokenizer import CharTokenizer
@@ -53,7 +54,11 @@ WEIGHTS_FILE = os.path.join(MODEL_DIR, "model.safetensors")
 TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINT_FILES = (STATE_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 ADAPTERS_DIR = "adapters"
-RUN_ARGS = ("data", "batch_size", "block_size", "lr", "warmup", "seed", "steps")  # they decide the pretrained weights
+CURVES_FILE = "loss_curves.png"
+BLEU_EXAMPLES = 100  # greedy decoding is the slow part of the evaluation
+RUN_ARGS = ("data", "corpus", "size", "batch_size", "block_size", "lr", "warmup", "seed", "steps")  # they decide the weights
+CORPORA = ("mixture", "docstrings")
+SIZES = {"small": "char-small", "medium": "char", "large": "char-large"}  # GPTConfig / T5Config named sizes
 VAL_FRACTION = 0.1
 SAMPLE_TEMPERATURE = 0.8
 
@@ -63,7 +68,12 @@ SAMPLE_TEMPERATURE = 0.8
 def build_parser():
     p = argparse.ArgumentParser(description="Train a character-level GPT (4 layers, 4 heads, 128 wide) from scratch. "
                                 "Defaults take about 4 minutes on 2 idle CPU cores, several times that on a busy machine.")
-    p.add_argument("--data", help="UTF-8 text file to train on (default: the docstrings of Python's standard library)")
+    p.add_argument("--data", help="UTF-8 text file to train on instead of the built-in --corpus")
+    p.add_argument("--corpus", choices=CORPORA, default="mixture", help="built-in pretraining text: 'mixture' (default), "
+                   "the standard library's docstrings with text about restaurants and reviews (minipeft.training.domain), "
+                   "or 'docstrings' alone")
+    p.add_argument("--size", choices=tuple(SIZES), default="medium", help="model size (GPT: small 3 x 96, medium 4 x 128, "
+                   "large 6 x 192 layers x width; default: %(default)s)")
     p.add_argument("--steps", type=int, default=800, help="total optimizer steps; the LR schedule spans them all (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default: %(default)s)")
     p.add_argument("--block-size", type=int, default=128, help="characters per sequence, at most the model's 256; "
@@ -76,7 +86,8 @@ def build_parser():
     p.add_argument("--eval-batches", type=int, default=20, help="batches averaged for each validation loss (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the initial weights, the batches and the sample (default: %(default)s)")
-    p.add_argument("--out", default="runs/char", help="folder for the checkpoint (default: %(default)s)")
+    p.add_argument("--out", default="runs/char", help="folder for the checkpoint (default: %(default)s; with --arch t5 "
+                   "runs/char-t5, with --size small or large runs/char-small, runs/char-t5-large, ...)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out up to --steps")
     p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                    help="end this run after STEP steps with a checkpoint, as if interrupted; --resume continues it")
@@ -107,8 +118,9 @@ def check_args(parser, args):
         parser.error(f"--block-size {args.block_size} exceeds the model's context of {GPTConfig.named('char').n_positions}")
     if args.resume and args.retrain:
         parser.error("give --resume (continue the checkpoint in --out) or --retrain (replace it), not both")
-    if args.arch == "t5" and args.out == "runs/char":
-        args.out = "runs/char-t5"  # before cli.check_run_args, so that --resume looks in the folder this run uses
+    if args.out == "runs/char":  # each arch and size its own default folder: runs/char, runs/char-t5-large, ...
+        args.out = "runs/char" + ("-t5" if args.arch == "t5" else "") + ("" if args.size == "medium" else f"-{args.size}")
+        # (before cli.check_run_args, so that --resume looks in the folder this run uses)
     cli.check_run_args(parser, args, STATE_FILE)
     methods = ft.METHODS if args.method == "all" else () if args.method == "none" else tuple(args.method.split(","))
     unknown = [m for m in methods if m not in ft.METHODS]
@@ -126,7 +138,7 @@ def check_args(parser, args):
 
 def build_data(args, tokenizer=None):
     """(tokenizer, train ids, val ids): the text's last 10% is held out for validation."""
-    text = read_text(args.data) if args.data else default_corpus()
+    text = read_text(args.data) if args.data else default_corpus() if args.corpus == "docstrings" else pretraining_text(default_corpus())
     tokenizer = tokenizer or CharTokenizer.from_text(text)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     n_val = int(len(ids) * VAL_FRACTION)
@@ -178,9 +190,8 @@ def lm_loss(model, x):
 
 def new_model(args, vocab_size):
     if args.arch == "t5":
-        return T5(T5Config(vocab_size=vocab_size + 2, d_model=128, d_kv=32, d_ff=512, num_layers=3, num_decoder_layers=3,
-                           num_heads=4))
-    return GPT(GPTConfig.named("char", vocab_size=vocab_size))
+        return T5(T5Config.named(SIZES[args.size], vocab_size=vocab_size + 2))  # 0 and 1: T5's pad/start and eos
+    return GPT(GPTConfig.named(SIZES[args.size], vocab_size=vocab_size))
 
 
 def load_saved_model(path, args):
@@ -248,10 +259,11 @@ def load_checkpoint(out, args):
     except MiniPeftError as e:
         raise MiniPeftError(f"{e}; it cannot be resumed: --retrain (without --resume) pretrains again and replaces it, "
                             "or pass another --out") from None
-    arch = state["args"].get("arch", "gpt")
-    if arch != args.arch:
-        raise MiniPeftError(f"{path} is a checkpoint of --arch {arch}, this run asks for --arch {args.arch}: pass --arch {arch} "
-                            "to resume it")
+    for flag, theirs, ours in (("--arch", state["args"].get("arch", "gpt"), args.arch),
+                               ("--size", pretrained_on(state["args"])[1], args.size)):
+        if theirs != ours:
+            raise MiniPeftError(f"{path} is a checkpoint of {flag} {theirs}, this run asks for {flag} {ours}: pass {flag} "
+                                f"{theirs} to resume it")
     try:
         tokenizer = CharTokenizer.from_json(state["tokenizer"])
     except MiniPeftError as e:
@@ -263,6 +275,13 @@ def load_checkpoint(out, args):
     if changed:
         tqdm.write(f"note: {', '.join(changed)} differ from the checkpoint's run; the result will differ from a straight run")
     return model, optimizer, tokenizer, state["step"]
+
+
+def pretrained_on(run_args):
+    """(the pretraining text, the size) of a run's arguments; checkpoints from before --corpus and
+    --size were pretrained on the docstrings at the medium size."""
+    text = f"--data {run_args['data']}" if run_args.get("data") else f"--corpus {run_args.get('corpus', 'docstrings')}"
+    return text, run_args.get("size", "medium")
 
 
 def changed_args(state, args):
@@ -317,6 +336,10 @@ def reusable_checkpoint(args):
     if arch != args.arch:
         raise MiniPeftError(f"{args.out} holds a checkpoint of --arch {arch}, this run asks for --arch {args.arch}: "
                             f"pass --arch {arch} to use it; {keep}")
+    theirs, ours = pretrained_on(state["args"]), pretrained_on(vars(args))
+    if theirs != ours:
+        raise MiniPeftError(f"{args.out} holds a model pretrained on {theirs[0]} at --size {theirs[1]}, this run asks for "
+                            f"{ours[0]} at --size {ours[1]}: pass the checkpoint's --size / --corpus / --data to use it; {keep}")
     if step < planned:
         raise MiniPeftError(f"{args.out} holds a checkpoint stopped at step {step} of {planned}: --resume continues it "
                             f"to --steps {args.steps}; {keep}")
@@ -436,28 +459,75 @@ def compare(args, tokenizer):
         module = ft.make_method(method, model, **options)
         total = model.num_parameters()
         with ft.Timer() as timer:
-            ft.finetune(module, train_set, codec, steps=args.ft_steps, lr=ft.LEARNING_RATES.get(method, 0.0), seed=args.seed,
-                        device=args.device, desc=method)
+            curve = ft.finetune(module, train_set, codec, steps=args.ft_steps, lr=ft.LEARNING_RATES.get(method, 0.0),
+                                seed=args.seed, device=args.device, desc=method)
         row = {"method": method, "trainable": count_parameters(p for p in module.parameters() if p.requires_grad), "total": total,
                "size": saved_size(module, method, os.path.join(args.out, ADAPTERS_DIR)),
                "e2e_loss": ft.evaluate(module, e2e_val, codec, device=args.device),
-               "accuracy": ft.accuracy(module, sent_val, codec, labels, device=args.device), "seconds": timer.seconds}
+               "bleu": e2e_bleu(module, e2e_val[:BLEU_EXAMPLES], codec, args.device),
+               "accuracy": ft.accuracy(module, sent_val, codec, labels, device=args.device), "seconds": timer.seconds,
+               "curve": curve}
         rows.append(row)
         print(f"  {method:7s} after: {complete(module, codec, example[0])}")
-    print_table(rows)
+    print_table(rows, len(e2e_val), len(sent_val))
+    plot = plot_curves(rows, os.path.join(args.out, CURVES_FILE))
     print(f"\nadapters saved in {os.path.join(args.out, ADAPTERS_DIR)}{os.sep}: "
           + ", ".join(f"{r['method']}.safetensors" if r["method"] != "full" else "full/ (the whole model)"
                       for r in rows if r["size"]))
+    if plot:
+        print(f"loss curves: {plot}")
     return rows
 
 
-def print_table(rows):
-    print("\n| method | trainable parameters | saved per task | E2E val loss | sentiment accuracy | wall time |")
-    print("|---|---|---|---|---|---|")
+def e2e_bleu(module, data, codec, device):
+    """BLEU of greedy completions against every reference, or None without sacrebleu (the eval extra)."""
+    try:
+        return ft.e2e_scores(module, data, codec, device=device)["bleu"]
+    except MiniPeftError as e:
+        if "sacrebleu" not in str(e):
+            raise
+        return None
+
+
+def print_table(rows, n_e2e, n_sentiment):
+    print("\n| method | trainable parameters | saved per task | E2E val loss | E2E BLEU | sentiment accuracy | wall time |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         size = f"{r['size'] / 1024:,.1f} KB" if r["size"] else "-"
+        bleu = "-" if r["bleu"] is None else f"{r['bleu']:.1f}"
         print(f"| {r['method']} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) | {size} | "
-              f"{r['e2e_loss']:.3f} | {100 * r['accuracy']:.1f}% | {r['seconds']:.0f} s |")
+              f"{r['e2e_loss']:.3f} | {bleu} | {100 * r['accuracy']:.1f}% | {r['seconds']:.0f} s |")
+    print(f"""
+trainable parameters: what the optimizer updates, as a share of the model's. Prefix tuning trains
+  its prefix through an MLP (the paper's reparameterisation), which is most of that count.
+saved per task: what must be stored to serve the task. Full fine-tuning: a whole model. BitFit: the
+  biases. Prefix: only the keys/values the MLP computes (the MLP is dropped). Prompt: the prompt.
+E2E val loss: mean loss per target character of {n_e2e} held-out table-to-text examples (lower is better).
+E2E BLEU: greedy completions of {min(n_e2e, BLEU_EXAMPLES)} of them against every way the sentence may
+  be written (sacrebleu, 0-100; "-" without the eval extra: pip install -e ".[eval]").
+sentiment accuracy: {n_sentiment} held-out reviews, the label word the model ranks first; the classes
+  are balanced, so always answering one class scores 50%.""")
+
+
+def plot_curves(rows, path):
+    """The fine-tuning loss curves of every method as a PNG at path (the plot extra); returns path or None."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no loss-curve plot (pip install -e \".[plot]\")")
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        if r["curve"]:
+            ax.plot([step for step, _ in r["curve"]], [loss for _, loss in r["curve"]], label=r["method"])
+    ax.set(xlabel="fine-tuning step", ylabel="training loss (per target character)", title="train_char.py: fine-tuning")
+    ax.legend()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def print_checkpoint(args):

@@ -241,6 +241,8 @@ def test_fine_tunes_every_method_and_prints_one_table(tmp_path, text_file, arch)
             "prefix.safetensors, prompt.safetensors") in r.stdout
     for name in ("bitfit.safetensors", "prefix.safetensors", "prompt.safetensors", "full/model.safetensors"):
         assert (out / "adapters" / name).is_file(), name
+    assert "| E2E BLEU |" in table and "the classes\n  are balanced" in table  # the columns are explained
+    assert (out / "loss_curves.png").read_bytes().startswith(b"\x89PNG") and f"loss curves: {out / 'loss_curves.png'}" in r.stdout
     again = run("--data", text_file, "--steps", "2", "--out", str(out), "--arch", arch, *TINY)  # a finished checkpoint is reused
     assert again.returncode == 0 and "reusing the pretrained model" in again.stdout
     if arch == "gpt":  # fine-tuning again into the same --out says which earlier adapters it replaces
@@ -367,6 +369,25 @@ def test_a_finished_checkpoint_of_other_steps_is_refused_with_the_ways_on(finish
     assert checkpoint_files(out) == before
     assert exit_status(load_script().main, *argv, "--steps", "3", "--resume") == 0  # the way it named
     assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 3
+
+
+def test_a_checkpoint_of_another_size_or_text_is_refused_with_the_ways_on(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    before = checkpoint_files(out)
+    argv = [*finished[1], "--out", out]
+    keep = "--retrain pretrains 2 steps again and replaces it; another --out keeps it"
+    text = f"--data {finished[1][1]}"
+    assert refusal([*argv, "--size", "small"], capsys).endswith(
+        f"error: {out} holds a model pretrained on {text} at --size medium, this run asks for {text} at --size small: "
+        "pass the checkpoint's --size / --corpus / --data to use it; " + keep)
+    no_data = [a for a in argv if a not in finished[1][:2]]  # the built-in mixture instead of the file
+    assert refusal(no_data, capsys).endswith(
+        f"error: {out} holds a model pretrained on {text} at --size medium, this run asks for --corpus mixture at --size "
+        "medium: pass the checkpoint's --size / --corpus / --data to use it; " + keep)
+    assert refusal([*argv, "--size", "small", "--resume"], capsys).endswith(
+        f"error: {out / 'train_state.pt'} is a checkpoint of --size medium, this run asks for --size small: pass --size "
+        "medium to resume it")
+    assert checkpoint_files(out) == before
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -78,7 +78,9 @@ SIZES = {
     "gpt2-large":  dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
     "gpt2-xl":     dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
     "tiny":        dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=256),  # tests
-    "char":        dict(n_layer=4, n_head=4, n_embd=128, n_positions=256, vocab_size=128),  # train_char.py
+    "char-small":  dict(n_layer=3, n_head=3, n_embd=96, n_positions=256, vocab_size=128),   # train_char.py --size:
+    "char":        dict(n_layer=4, n_head=4, n_embd=128, n_positions=256, vocab_size=128),  # small, medium (default),
+    "char-large":  dict(n_layer=6, n_head=6, n_embd=192, n_positions=256, vocab_size=128),  # large
 }
 
 

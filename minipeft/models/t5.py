@@ -89,6 +89,9 @@ SIZES = {
     "t5-v1_1-large": dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=24, num_heads=16, **_V11), # 783M
     "tiny": dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,           # tests
                  relative_attention_num_buckets=8, relative_attention_max_distance=16),
+    "char-small": dict(vocab_size=130, d_model=96, d_kv=32, d_ff=384, num_layers=2, num_heads=3),    # train_char.py
+    "char":       dict(vocab_size=130, d_model=128, d_kv=32, d_ff=512, num_layers=3, num_heads=4),   # --arch t5 --size
+    "char-large": dict(vocab_size=130, d_model=192, d_kv=32, d_ff=768, num_layers=4, num_heads=6),   # small/medium/large
 }
 for _size in ("small", "base", "large"):  # FLAN-T5 is T5 v1.1 fine-tuned: same shapes
     SIZES[f"flan-t5-{_size}"] = SIZES[f"t5-v1_1-{_size}"]

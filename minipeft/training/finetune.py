@@ -25,6 +25,8 @@ from . import loop
 from .state import make_optimizer, step_seed
 
 METHODS = ("full", "frozen", "bitfit", "prefix", "prompt")
+MAX_LEN = 256  # tokens per row, so that no E2E example is cut (prompt + sentence: at most ~250 characters); fit()
+               # lowers it to what a model's context leaves after its prompt or prefix slots
 ARROW = " => "  # ends every prompt: "source => " -> "target\n"
 # AdamW learning rates for the small char models; BitFit ~10x full fine-tuning, as the paper advises
 LEARNING_RATES = {"full": 1e-3, "bitfit": 1e-2, "prefix": 3e-3, "prompt": 3e-2}
@@ -145,7 +147,7 @@ def _infix(module, starts):
     return {}
 
 
-def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=160, seed=0, device="cpu", desc=None, log_every=10):
+def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=MAX_LEN, seed=0, device="cpu", desc=None, log_every=10):
     """Train `module` on (prompt, completion) pairs with loop.train; returns the loss curve [(step, loss)].
 
     Batches are a deterministic function of (seed, step). Stops with a MiniPeftError on a
@@ -180,7 +182,7 @@ def n_targets(labels, arch):
 
 
 @torch.no_grad()
-def evaluate(module, data, codec, *, batch_size=32, max_len=160, device="cpu"):
+def evaluate(module, data, codec, *, batch_size=32, max_len=MAX_LEN, device="cpu"):
     """Mean completion loss per target token over `data` (each batch's mean weighted by its token count)."""
     module.eval()
     max_len = fit(module, max_len)
@@ -196,7 +198,7 @@ def evaluate(module, data, codec, *, batch_size=32, max_len=160, device="cpu"):
 
 
 @torch.no_grad()
-def accuracy(module, data, codec, labels, *, batch_size=64, max_len=160, device="cpu"):
+def accuracy(module, data, codec, labels, *, batch_size=64, max_len=MAX_LEN, device="cpu"):
     """Label-word classification accuracy: the label whose first token scores highest next.
     For a prompt ensemble, returns (mean single-prompt accuracy, majority-vote accuracy)."""
     from ..methods.adapter import class_scores
@@ -226,7 +228,7 @@ def accuracy(module, data, codec, labels, *, batch_size=64, max_len=160, device=
 
 
 @torch.no_grad()
-def generate_completions(module, prompts, codec, *, max_new_tokens=80, batch_size=32, stop="\n", max_len=160, device="cpu"):
+def generate_completions(module, prompts, codec, *, max_new_tokens=80, batch_size=32, stop="\n", max_len=MAX_LEN, device="cpu"):
     """Greedy completions of `prompts` (strings) by a model or adapter: the text each one continues
     with, at most max_new_tokens tokens, cut before the first `stop` (None: not cut).
 
