@@ -406,16 +406,9 @@ def sample(model, tokenizer, prompt, length, seed, window):
 
 # ---- fine-tuning: every method on the same tasks ---------------------------------------------------
 
-@torch.no_grad()
 def complete(module, codec, prompt, n=100):
     """Greedy completion of one prompt, up to the first newline."""
-    base = getattr(module, "model", module)
-    ids = torch.tensor([codec.encode(prompt)], device=base.input_embeddings().weight.device)
-    if base.arch == "t5":
-        new = module.generate(ids, max_new_tokens=n)[0, 1:]
-    else:
-        new = module.generate(ids, max_new_tokens=n)[0, ids.shape[1]:]
-    return codec.decode(new.tolist()).split("\n")[0]
+    return ft.generate_completions(module, [prompt], codec, max_new_tokens=n)[0]
 
 
 def saved_size(module, method, folder):
