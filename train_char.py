@@ -59,6 +59,7 @@ BLEU_EXAMPLES = 100  # greedy decoding is the slow part of the evaluation
 RUN_ARGS = ("data", "corpus", "size", "batch_size", "block_size", "lr", "warmup", "seed", "steps")  # they decide the weights
 CORPORA = ("mixture", "docstrings")
 SIZES = {"small": "char-small", "medium": "char", "large": "char-large"}  # GPTConfig / T5Config named sizes
+FT_BATCH_SIZE = 16  # fine-tuning batch; with 100 steps and ft.LEARNING_RATES, see there
 VAL_FRACTION = 0.1
 SAMPLE_TEMPERATURE = 0.8
 
@@ -73,7 +74,7 @@ def build_parser():
                    "the standard library's docstrings with text about restaurants and reviews (minipeft.training.domain), "
                    "or 'docstrings' alone")
     p.add_argument("--size", choices=tuple(SIZES), default="medium", help="model size (GPT: small 3 x 96, medium 4 x 128, "
-                   "large 6 x 192 layers x width; default: %(default)s)")
+                   "large 5 x 160 layers x width; default: %(default)s)")
     p.add_argument("--steps", type=int, default=800, help="total optimizer steps; the LR schedule spans them all (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default: %(default)s)")
     p.add_argument("--block-size", type=int, default=128, help="characters per sequence, at most the model's 256; "
@@ -96,7 +97,8 @@ def build_parser():
                    "encoder-decoder pretrained to continue a text (default: %(default)s)")
     p.add_argument("--method", default="all", help="fine-tuning methods, comma-separated from full, frozen, bitfit, prefix, "
                    "prompt; 'all' (default) or 'none' (pretrain only)")
-    p.add_argument("--ft-steps", type=int, default=100, help="fine-tuning steps per method (default: %(default)s)")
+    p.add_argument("--ft-steps", type=int, default=100, help="fine-tuning steps per method, of %d examples each "
+                   "(default: %%(default)s)" % FT_BATCH_SIZE)
     p.add_argument("--ft-examples", type=int, default=1000, help="training examples per task; validation uses up to 300 "
                    "more per task (default: %(default)s)")
     p.add_argument("--retrain", action="store_true", help="pretrain again and replace the checkpoint in --out (without "
@@ -453,7 +455,7 @@ def compare(args, tokenizer):
         total = model.num_parameters()
         with ft.Timer() as timer:
             curve = ft.finetune(module, train_set, codec, steps=args.ft_steps, lr=ft.LEARNING_RATES.get(method, 0.0),
-                                seed=args.seed, device=args.device, desc=method)
+                                batch_size=FT_BATCH_SIZE, seed=args.seed, device=args.device, desc=method)
         row = {"method": method, "trainable": count_parameters(p for p in module.parameters() if p.requires_grad), "total": total,
                "size": saved_size(module, method, os.path.join(args.out, ADAPTERS_DIR)),
                "e2e_loss": ft.evaluate(module, e2e_val, codec, device=args.device),

@@ -80,7 +80,7 @@ SIZES = {
     "tiny":        dict(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=256),  # tests
     "char-small":  dict(n_layer=3, n_head=3, n_embd=96, n_positions=256, vocab_size=128),   # train_char.py --size:
     "char":        dict(n_layer=4, n_head=4, n_embd=128, n_positions=256, vocab_size=128),  # small, medium (default),
-    "char-large":  dict(n_layer=6, n_head=6, n_embd=192, n_positions=256, vocab_size=128),  # large
+    "char-large":  dict(n_layer=5, n_head=5, n_embd=160, n_positions=256, vocab_size=128),  # large
 }
 
 

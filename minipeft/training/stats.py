@@ -1,7 +1,8 @@
 """How the reproductions decide: a mean with its 95% confidence interval, and a verdict per finding.
 
 Each setting runs with several seeds; seed s of two settings sees the same training examples in
-the same order, so a comparison is made seed by seed (paired): d_s = score_A(s) - score_B(s).
+the same order, so a comparison is made seed by seed (paired): d_s = score_A(s) - score_B(s), or
+any other per-seed difference a finding defines (minipeft/experiments/findings.py).
 Its 95% interval is mean(d) +- t * sd(d) / sqrt(n), t the 97.5% quantile of Student's t with
 n - 1 degrees of freedom. A finding is
     reproduced     when the interval lies wholly on the side the paper says,
@@ -26,13 +27,6 @@ def mean_ci(values):
     if n < 2:
         return mean, math.inf
     return mean, T_975.get(n - 1, 1.96) * statistics.stdev(values) / math.sqrt(n)
-
-
-def paired_difference(a, b):
-    """(mean, half-width) of a[s] - b[s] over seeds s."""
-    if len(a) != len(b):
-        raise ValueError(f"paired runs differ in number: {len(a)} and {len(b)}")
-    return mean_ci([x - y for x, y in zip(a, b)])
 
 
 VERDICTS = ("reproduced", "refuted", "inconclusive")

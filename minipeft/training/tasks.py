@@ -5,8 +5,8 @@ table-to-text, in the spirit of E2E (the prefix-tuning paper's benchmark):
     target  "The Eagle is a pub serving Italian food in the riverside area."
     (one of three openings at random; e2e_references(source) gives all three, BLEU's references)
 sentiment, a two-class task with label words (for prompt tuning's class-label init), balanced:
-    text    "the soup was bland and the staff was friendly but the wine was stale"
-    label   "negative" (the majority of the three judgements; in half the reviews they all agree)
+    text    "the soup was bland, the staff was rude and the wine was stale"
+    label   "negative" (the majority of the three judgements; by default they all agree)
 """
 
 import random
@@ -110,10 +110,15 @@ def judgement(rng, subject, good):
     return rng.choice(SUBJECTS[subject][0 if good else 1])
 
 
-def sentiment(n, seed=0, *, against=0.5):
+def sentiment(n, seed=0, *, against=0.0):
     """(text, label) pairs, the classes balanced (n // 2 of each, the odd one positive): three
     judgements of one visit; with probability `against` one of them disagrees with the other two.
-    The label is the majority's polarity."""
+    The label is the majority's polarity.
+
+    By default the three agree: the task is to give a label word the pretrained model has never
+    been asked for, from judgement words it has read (training/domain.py). The frozen model scores
+    the majority class's 50%; full fine-tuning of the medium backbone ~96% in 150 steps. With one
+    dissenting judgement in a quarter of the reviews it reached only ~88% (docs/scripts.md)."""
     rng = random.Random(seed)
     labels = [i % 2 == 0 for i in range(n)]
     rng.shuffle(labels)
@@ -124,7 +129,8 @@ def sentiment(n, seed=0, *, against=0.5):
             polarity[rng.randrange(3)] = not positive
         subjects = rng.sample(list(SUBJECTS), 3)
         clauses = [f"{s} was {judgement(rng, s, good)}" for s, good in zip(subjects, polarity)]
-        joiner = rng.choice([(" and ", " but "), (", ", " and "), (" but ", " and ")])
+        joiners = [(", ", " and "), (" and ", " and ")] if len(set(polarity)) == 1 else [(" and ", " but "), (" but ", " and ")]
+        joiner = rng.choice(joiners)
         text = clauses[0] + joiner[0] + clauses[1] + joiner[1] + clauses[2]
         out.append((text, SENTIMENT_LABELS[0] if positive else SENTIMENT_LABELS[1]))
     return out

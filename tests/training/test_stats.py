@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from minipeft.training.stats import T_975, mean_ci, paired_difference, verdict
+from minipeft.training.stats import T_975, mean_ci, verdict
 
 
 def test_mean_ci_by_hand():
@@ -18,13 +18,6 @@ def test_mean_ci_by_hand():
 def test_t_quantiles_fall_towards_the_normal():
     values = [T_975[df] for df in sorted(T_975)]
     assert values == sorted(values, reverse=True) and 1.96 < values[-1] < 2.05
-
-
-def test_paired_difference_is_taken_seed_by_seed():
-    a, b = [1.0, 2.0, 3.0], [0.5, 1.5, 2.5]  # the same gap at every seed: no spread at all
-    assert paired_difference(a, b) == (0.5, 0.0)
-    with pytest.raises(ValueError, match="differ in number"):
-        paired_difference([1.0], [1.0, 2.0])
 
 
 @pytest.mark.parametrize("mean, half, expect, want", [

@@ -53,8 +53,9 @@ def test_e2e_references_refuse_what_is_not_a_source():
             e2e_references(bad)
 
 
-def test_sentiment_labels_follow_the_majority_and_the_classes_are_balanced():
-    data = sentiment(401)
+@pytest.mark.parametrize("against, dissenting", [(0.0, (0.0, 0.0)), (0.5, (0.4, 0.6))])
+def test_sentiment_labels_follow_the_majority_and_the_classes_are_balanced(against, dissenting):
+    data = sentiment(401, against=against)
     assert sentiment(50, seed=3) == sentiment(50, seed=3) != sentiment(50, seed=4)
     labels = [label for _, label in data]
     assert labels.count("positive") == 201 and labels.count("negative") == 200
@@ -68,4 +69,6 @@ def test_sentiment_labels_follow_the_majority_and_the_classes_are_balanced():
         n_good = sum(word in SUBJECTS[subject][0] for subject, word in judged)
         assert (n_good >= 2) == (label == "positive")
         against += n_good in (1, 2)
-    assert 0.4 < against / len(data) < 0.6  # about half the reviews hold one dissenting judgement
+        assert (" but " in text) == (n_good in (1, 2))  # "but" joins only judgements that disagree
+    low, high = dissenting  # by default all three agree; against=0.5: about half the reviews hold one dissent
+    assert low <= against / len(data) <= high
