@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from minipeft import GPT, T5, GPTConfig, MiniPeftError, T5Config
 from minipeft.training import finetune as ft
-from minipeft.methods.adapter import Adapter, count_parameters
+from minipeft.methods.adapter import count_parameters
 from minipeft.io.atomic import atomic_write
 from minipeft.training.corpus import default_corpus
 from minipeft.training.domain import pretraining_text
@@ -413,19 +413,6 @@ def complete(module, codec, prompt, n=100):
     return ft.generate_completions(module, [prompt], codec, max_new_tokens=n)[0]
 
 
-def saved_size(module, method, folder):
-    """Bytes of what this method must store per task: the adapter file, or the whole model."""
-    os.makedirs(folder, exist_ok=True)
-    if isinstance(module, Adapter):
-        path = os.path.join(folder, f"{method}.safetensors")
-        module.save(path)
-        return os.path.getsize(path)
-    if method == "full":
-        module.save_pretrained(os.path.join(folder, "full"))
-        return os.path.getsize(os.path.join(folder, "full", "model.safetensors"))
-    return 0
-
-
 def earlier_adapters(folder, methods):
     """The files in `folder` that fine-tuning `methods` would write again (an earlier run's)."""
     names = [f"{m}.safetensors" if m != "full" else "full/" for m in methods if m != "frozen"]
@@ -457,7 +444,7 @@ def compare(args, tokenizer):
             curve = ft.finetune(module, train_set, codec, steps=args.ft_steps, lr=ft.LEARNING_RATES.get(method, 0.0),
                                 batch_size=FT_BATCH_SIZE, seed=args.seed, device=args.device, desc=method)
         row = {"method": method, "trainable": count_parameters(p for p in module.parameters() if p.requires_grad), "total": total,
-               "size": saved_size(module, method, os.path.join(args.out, ADAPTERS_DIR)),
+               "size": ft.save_for_task(module, method, os.path.join(args.out, ADAPTERS_DIR)),
                "e2e_loss": ft.evaluate(module, e2e_val, codec, device=args.device),
                "bleu": e2e_bleu(module, e2e_val[:BLEU_EXAMPLES], codec, args.device),
                "accuracy": ft.accuracy(module, sent_val, codec, labels, device=args.device), "seconds": timer.seconds,

@@ -5,7 +5,7 @@ import math
 import os
 
 from ..io.atomic import atomic_write
-from .findings import sweep_plan, FINDINGS, N_TRAIN, PREFIX_LENGTHS, PROMPT_LENGTHS, SETTINGS, SIZES, TRAINING_SIZES, decide
+from .findings import FINDINGS, N_TRAIN, PREFIX_LENGTHS, PROMPT_LENGTHS, SETTINGS, SIZES, TRAINING_SIZES, decide, sweep_plan
 from ..training.stats import VERDICTS, mean_ci
 
 RESULT_FILES = ("README.md", "results.json", "loss_curves.png", "training_size.png", "prefix_length.png",
@@ -31,14 +31,16 @@ def _size(n_bytes):
     return "-" if not n_bytes else f"{n_bytes / 1024:,.1f} KB" if n_bytes < 1024 ** 2 else f"{n_bytes / 1024 ** 2:,.2f} MB"
 
 
-def findings_table(results):
+def decided(results):
+    """[(finding, (mean, half-width, verdict))] for every finding whose settings have all run."""
     runs = results["runs"]
+    return [(f, decide(f, runs)) for f in FINDINGS if all(name in runs for name in f.settings)]
+
+
+def findings_table(decisions):
     lines = ["| paper | finding | difference (mean ± 95% interval) | unit | verdict |", "|---|---|---|---|---|"]
     counts = dict.fromkeys(VERDICTS, 0)
-    for f in FINDINGS:
-        if not all(name in runs for name in f.settings):
-            continue
-        mean, half, v = decide(f, runs)
+    for f, (mean, half, v) in decisions:
         counts[v] += 1
         interval = f"{mean:+.3f} ± {half:.3f}" if math.isfinite(half) else f"{mean:+.3f} (one seed: no interval)"
         lines.append(f"| {f.paper} | {f.claim} | {interval} | {unit(f)} | **{v}** |")
@@ -60,14 +62,14 @@ CAVEATS = [
 ]
 
 
-def in_plain_words(results):
+def in_plain_words(decisions):
     """Per paper, one line per verdict naming its findings."""
-    runs, lines = results["runs"], []
-    for paper in dict.fromkeys(f.paper for f in FINDINGS):
+    lines = []
+    for paper in dict.fromkeys(f.paper for f, _ in decisions):
         by_verdict = {}
-        for f in FINDINGS:
-            if f.paper == paper and all(name in runs for name in f.settings):
-                by_verdict.setdefault(decide(f, runs)[2], []).append(f.claim)
+        for f, (_, _, v) in decisions:
+            if f.paper == paper:
+                by_verdict.setdefault(v, []).append(f.claim)
         lines.append(f"- **{PAPERS[paper]}**")
         lines += [f"  - {verdict} ({len(by_verdict[verdict])}): " + "; ".join(by_verdict[verdict]) + "."
                   for verdict in VERDICTS if verdict in by_verdict]
@@ -105,7 +107,8 @@ def write_report(results, out):
     """README.md (and the plots) in out from results."""
     plots = write_plots(results, out)
     config, runs = results["config"], results["runs"]
-    table, summary = findings_table(results)
+    decisions = decided(results)
+    table, summary = findings_table(decisions)
     plan = sweep_plan(results)
     lines = [
         "# The papers' findings, reproduced at small scale",
@@ -130,7 +133,7 @@ def write_report(results, out):
         "",
         "In plain words, per paper:",
         "",
-        *in_plain_words(results),
+        *in_plain_words(decisions),
         "",
         *CAVEATS,
         "",

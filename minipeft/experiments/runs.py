@@ -14,13 +14,14 @@ from tqdm import tqdm
 from ..errors import MiniPeftError
 from ..io.atomic import atomic_write
 from ..io.tokenizer import CharTokenizer
-from ..methods.adapter import Adapter, count_parameters
-from ..methods.bitfit import BitFit, TERMS
+from ..methods.adapter import count_parameters
+from ..methods.bitfit import PAPER_TERMS, TERMS, BitFit
 from ..models.gpt import GPT
 from ..models.layers import bias_slots
 from ..training import finetune as ft
 from ..training.tasks import SENTIMENT_LABELS
-from .findings import sweep_plan, BATCH, DATA_SEEDS, BLEU_EXAMPLES, N_TRAIN, REAL_WORDS, SETTINGS, SIZES, SWEEP, SWEEP_LRS, SWEEP_STEPS, Setting
+from .findings import (BATCH, BLEU_EXAMPLES, DATA_SEEDS, N_TRAIN, REAL_WORDS, SETTINGS, SIZES, SWEEP, SWEEP_LRS,
+                       SWEEP_STEPS, sweep_plan)
 from .report import RESULT_FILES, write_report
 
 # ---- one run ---------------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ def build(setting, model, codec, seed):
     elif init == "labels":
         options.update(prompt_init="labels", label_ids=[codec.encode(w) for w in SENTIMENT_LABELS])
     if options.pop("random_slots", False):
-        paper = sum(getattr(m, attr).numel() for _, m, attr, role in bias_slots(model) if role in ("query", "mlp_in"))
+        paper = sum(getattr(m, attr).numel() for _, m, attr, role in bias_slots(model) if role in PAPER_TERMS)
         options["slots"] = random_slots(model, paper, seed)
     return ft.make_method(setting.method, model, seed=seed, **options)
 
@@ -60,11 +61,17 @@ def random_slots(model, target, seed):
 
 
 def score(module, task, data, codec):
-    """Higher is better: minus the loss per target character (E2E), or the accuracy (sentiment)."""
+    """Higher is better: minus the loss per target character (E2E), or the accuracy (sentiment; for
+    a prompt ensemble its mean single-prompt accuracy)."""
+    return scores(module, task, data, codec)[0]
+
+
+def scores(module, task, data, codec):
+    """(score, {"single", "voted"} for a prompt ensemble, else {}): one pass over the data."""
     if task == "e2e":
-        return -ft.evaluate(module, data, codec)
+        return -ft.evaluate(module, data, codec), {}
     acc = ft.accuracy(module, data, codec, list(SENTIMENT_LABELS))
-    return acc[0] if isinstance(acc, tuple) else acc
+    return (acc[0], {"single": acc[0], "voted": acc[1]}) if isinstance(acc, tuple) else (acc, {})
 
 
 def run(setting, seed, plan, folders, n_eval):
@@ -72,7 +79,7 @@ def run(setting, seed, plan, folders, n_eval):
     torch.manual_seed(seed)
     model, codec = load_backbone(folders[setting.backbone])
     module = build(setting, model, codec, seed)
-    lr, steps = learning_rate(setting, plan), plan_of(setting, plan)["steps"]
+    lr, steps = lr_and_steps(setting, plan)
     train = ft.pairs(setting.task, setting.n_train, 1000 + seed)
     test = ft.pairs(setting.task, n_eval, DATA_SEEDS["test"])
     started, diverged = time.perf_counter(), None
@@ -80,43 +87,30 @@ def run(setting, seed, plan, folders, n_eval):
         curve = ft.finetune(module, train, codec, steps=steps, lr=lr, batch_size=BATCH[setting.task], seed=seed)
     except ft.Diverged as e:                # scored as it stands: the last good state, before the bad step
         curve, diverged = [], str(e)
-    out = {"seed": seed, "lr": lr, "steps": steps, "train_seconds": time.perf_counter() - started, "curve": curve, "score": score(module, setting.task, test, codec),
-           "trainable": count_parameters(p for p in module.parameters() if p.requires_grad),
-           "total": model.num_parameters()}
+    out = {"seed": seed, "lr": lr, "steps": steps, "train_seconds": time.perf_counter() - started, "curve": curve}
+    out["score"], ensemble = scores(module, setting.task, test, codec)
+    out.update(trainable=count_parameters(p for p in module.parameters() if p.requires_grad), total=model.num_parameters())
     if diverged:
         out["diverged"] = diverged
     if setting.bleu:
         out["bleu"] = ft.e2e_scores(module, test[:BLEU_EXAMPLES], codec)["bleu"]
-    if seed == 0:
-        out["saved_bytes"] = saved_bytes(module, setting.method)
+    if seed == 0:                           # the same for every seed
+        with tempfile.TemporaryDirectory() as folder:
+            out["saved_bytes"] = ft.save_for_task(module, setting.method, folder)
     if isinstance(module, BitFit) and module.terms == TERMS:
         out["bias_change"] = bias_change(module)
-    if setting.options.get("n_ensemble", 1) > 1:
-        out["single"], out["voted"] = ft.accuracy(module, test, codec, list(SENTIMENT_LABELS))
+    out.update(ensemble)
     out["seconds"] = time.perf_counter() - started
     return out
 
 
-def learning_rate(setting, plan):
+def lr_and_steps(setting, plan):
+    """The swept (learning rate, steps) of a setting: its own method's steps, the rate of lr_of's
+    (default: its own) times lr_scale. Frozen: (0, 0), nothing to train."""
     if setting.method == "frozen":
-        return 0.0
-    return plan[f"{setting.task}/{setting.lr_of or setting.method}"]["lr"] * setting.lr_scale
-
-
-def plan_of(setting, plan):
-    return plan.get(f"{setting.task}/{setting.method}", {"steps": 0, "lr": 0.0})   # frozen: nothing to train
-
-
-def saved_bytes(module, method):
-    """Bytes stored per task: the adapter's file, the whole model's for full fine-tuning, 0 for frozen."""
-    if method == "frozen":
-        return 0
-    with tempfile.TemporaryDirectory() as folder:
-        if isinstance(module, Adapter):
-            module.save(os.path.join(folder, "adapter.safetensors"))
-            return os.path.getsize(os.path.join(folder, "adapter.safetensors"))
-        module.save_pretrained(folder)
-        return os.path.getsize(os.path.join(folder, "model.safetensors"))
+        return 0.0, 0
+    lr = plan[f"{setting.task}/{setting.lr_of or setting.method}"]["lr"] * setting.lr_scale
+    return lr, plan[f"{setting.task}/{setting.method}"]["steps"]
 
 
 @torch.no_grad()
@@ -133,12 +127,16 @@ def bias_change(module):
 
 # ---- the sweep -------------------------------------------------------------------------------------
 
+def swept_setting(task, method):
+    """The setting a sweep run trains: the method's headline setting for the task, small backbone."""
+    return SETTINGS[method] if task == "e2e" else SETTINGS[f"sentiment {method} small"]
+
+
 def sweep_one(task, method, lr, folders, steps, n_eval):
     """Dev scores [(steps, score)] of one run at learning rate lr, scored at each of `steps`."""
     torch.manual_seed(0)
     model, codec = load_backbone(folders["small"])
-    module = build(Setting(method, task, options={"init": "labels"} if method == "prompt" and task == "sentiment" else {}),
-                   model, codec, 0)
+    module = build(swept_setting(task, method), model, codec, 0)
     train = ft.pairs(task, N_TRAIN, 1000)
     dev = ft.pairs(task, n_eval, DATA_SEEDS["dev"])
     scores = []
@@ -195,10 +193,11 @@ def reproduce(folders, out, *, quick=False, resume=False, overwrite=False, progr
         load_backbone(folder)                                 # fail now, not after an hour
     if overwrite:
         remove_earlier_results(out)
-    todo = [j for j in jobs(config) if job_key(j) not in (results["sweep"] if j[0] == "sweep" else _done_runs(results))]
+    every, done = jobs(config), {"sweep": set(results["sweep"]), "setting": _done_runs(results)}
+    todo = [j for j in every if job_key(j) not in done[j[0]]]
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter() - results["seconds"]
-    with tqdm(total=len(jobs(config)), initial=len(jobs(config)) - len(todo), desc="reproduce", disable=not progress,
+    with tqdm(total=len(every), initial=len(every) - len(todo), desc="reproduce", disable=not progress,
               dynamic_ncols=True) as bar:
         for job in todo:
             bar.set_postfix_str(job_key(job)[:48])

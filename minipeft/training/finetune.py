@@ -9,10 +9,12 @@ the completion is the decoder's target. Every method goes through the same loop:
     bitfit / prefix / prompt   the adapters of this package
 """
 
+import os
 import time
 
 import torch
 
+from ..methods.adapter import Adapter
 from ..methods.bitfit import BitFit
 from ..errors import MiniPeftError
 from ..checks import IGNORE
@@ -166,7 +168,8 @@ def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=MAX_LEN,
     on_step(step, loss): called after each update (e.g. to evaluate; it must leave the module in train mode).
 
     Batches are a deterministic function of (seed, step). Stops with Diverged (a MiniPeftError) on
-    a non-finite loss, before that step's update: the module keeps its last good state. desc: a progress bar's label (None: no bar).
+    a non-finite loss, before that step's update: the module keeps its last good state.
+    desc: a progress bar's label (None: no bar).
     """
     curve = []
     if not any(p.requires_grad for p in module.parameters()):
@@ -190,6 +193,20 @@ def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=MAX_LEN,
         raise Diverged(f"{e}; lower the learning rate (now {lr})") from None
     module.eval()
     return curve
+
+
+def save_for_task(module, method, folder):
+    """Write what serving the task needs beside the shared backbone into folder; returns its bytes:
+    the adapter file METHOD.safetensors, the whole model (full/) for full fine-tuning, nothing for frozen."""
+    os.makedirs(folder, exist_ok=True)
+    if isinstance(module, Adapter):
+        path = os.path.join(folder, f"{method}.safetensors")
+        module.save(path)
+        return os.path.getsize(path)
+    if method == "full":
+        module.save_pretrained(os.path.join(folder, "full"))
+        return os.path.getsize(os.path.join(folder, "full", "model.safetensors"))
+    return 0
 
 
 def n_targets(labels, arch):
