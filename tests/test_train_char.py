@@ -237,10 +237,11 @@ def test_fine_tunes_every_method_and_prints_one_table(tmp_path, text_file, arch)
         assert f"| {method} |" in table
         assert f"{method:7s} after:" in r.stdout
     assert "before:" in r.stdout
-    assert (f"adapters saved in {out / 'adapters'}{os.sep}: full/ (the whole model), bitfit.safetensors, "
-            "prefix.safetensors, prompt.safetensors") in r.stdout
-    for name in ("bitfit.safetensors", "prefix.safetensors", "prompt.safetensors", "full/model.safetensors"):
-        assert (out / "adapters" / name).is_file(), name
+    assert (f"adapters saved in {out / 'adapters' / 'e2e'}{os.sep} and {out / 'adapters' / 'sentiment'}{os.sep}: "
+            "full/ (the whole model), bitfit.safetensors, prefix.safetensors, prompt.safetensors") in r.stdout
+    for task in ("e2e", "sentiment"):  # one adapter per task
+        for name in ("bitfit.safetensors", "prefix.safetensors", "prompt.safetensors", "full/model.safetensors"):
+            assert (out / "adapters" / task / name).is_file(), (task, name)
     assert "| E2E BLEU |" in table and "the classes\n  are balanced" in table  # the columns are explained
     assert (out / "loss_curves.png").read_bytes().startswith(b"\x89PNG") and f"loss curves: {out / 'loss_curves.png'}" in r.stdout
     again = run("--data", text_file, "--steps", "2", "--out", str(out), "--arch", arch, *TINY)  # a finished checkpoint is reused
@@ -248,7 +249,8 @@ def test_fine_tunes_every_method_and_prints_one_table(tmp_path, text_file, arch)
     if arch == "gpt":  # fine-tuning again into the same --out says which earlier adapters it replaces
         again = run("--data", text_file, "--steps", "2", "--out", str(out), *TINY, *FINETUNE[2:], "--method", "bitfit,frozen")
         assert again.returncode == 0, again.stderr
-        assert f"{out / 'adapters'}{os.sep} holds an earlier run's bitfit.safetensors: this run replaces them" in again.stdout
+        assert (f"{out / 'adapters'}{os.sep} holds an earlier run's {os.path.join('e2e', 'bitfit.safetensors')}, "
+                f"{os.path.join('sentiment', 'bitfit.safetensors')}: this run replaces them") in again.stdout
 
 
 # ---- what is already in --out: reused, refused or replaced, never lost unasked ---------------------

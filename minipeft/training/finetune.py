@@ -30,11 +30,7 @@ METHODS = ("full", "frozen", "bitfit", "prefix", "prompt")
 MAX_LEN = 256  # tokens per row, so that no E2E example is cut (prompt + sentence: at most ~250 characters); fit()
                # lowers it to what a model's context leaves after its prompt or prefix slots
 ARROW = " => "  # ends every prompt: "source => " -> "target\n"
-# AdamW learning rates of train_char.py's fine-tuning (batch 16, 100 steps of the two tasks mixed, the medium
-# backbone): set by hand, BitFit's 10x full fine-tuning's. The reproductions choose theirs by a sweep
-# (results/README.md); its choices (full 3e-3, BitFit 3e-2, prefix 3e-3, prompt 1.0, batch 8, 150 steps, for E2E
-# alone on the small backbone) did worse here: prompt tuning's E2E loss ended above the frozen model's (docs/scripts.md).
-LEARNING_RATES = {"full": 1e-3, "bitfit": 1e-2, "prefix": 3e-3, "prompt": 3e-2}
+TASKS = ("e2e", "sentiment")
 
 
 class Diverged(MiniPeftError):
@@ -90,11 +86,10 @@ def pairs(task, n, seed):
     raise MiniPeftError(f"unknown task {task!r}; choose from 'e2e', 'sentiment'")
 
 
-def task_data(n_train, n_val, seeds):
-    """(training mixture, E2E validation, sentiment validation) as (prompt, completion) pairs.
-    seeds: the generators' seeds for (E2E train, sentiment train, E2E validation, sentiment validation)."""
-    train = pairs("e2e", n_train, seeds[0]) + pairs("sentiment", n_train, seeds[1])
-    return train, pairs("e2e", n_val, seeds[2]), pairs("sentiment", n_val, seeds[3])
+def task_data(n_train, n_val, seed):
+    """{task: (training pairs, validation pairs)} for each of TASKS: n_train pairs generated from
+    `seed`, n_val from seed + 1 (a different draw of the same templates)."""
+    return {task: (pairs(task, n_train, seed), pairs(task, n_val, seed + 1)) for task in TASKS}
 
 
 def batch(pairs, codec, max_len, device="cpu"):

@@ -17,9 +17,8 @@ CHARS = CharTokenizer.from_text("".join(chr(c) for c in range(32, 127)) + "\n")
 def test_pairs_end_prompts_with_the_arrow_and_completions_with_a_newline():
     assert ft.pairs("e2e", 3, 5) == [(s + " => ", t + "\n") for s, t in e2e(3, seed=5)]
     assert ft.pairs("sentiment", 4, 5) == [(t + " => ", label + "\n") for t, label in sentiment(4, seed=5)]
-    train, e2e_val, sent_val = ft.task_data(4, 2, seeds=(1, 2, 3, 4))
-    assert train == ft.pairs("e2e", 4, 1) + ft.pairs("sentiment", 4, 2)
-    assert (e2e_val, sent_val) == (ft.pairs("e2e", 2, 3), ft.pairs("sentiment", 2, 4))
+    assert ft.task_data(4, 2, seed=1) == {"e2e": (ft.pairs("e2e", 4, 1), ft.pairs("e2e", 2, 2)),
+                                          "sentiment": (ft.pairs("sentiment", 4, 1), ft.pairs("sentiment", 2, 2))}
     with pytest.raises(MiniPeftError, match="unknown task 'qa'; choose from 'e2e', 'sentiment'"):
         ft.pairs("qa", 1, 0)
 

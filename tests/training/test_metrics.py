@@ -167,7 +167,7 @@ class Answers(torch.nn.Module):
 
 
 def test_e2e_scores_use_every_reference_of_a_source():
-    _, data, _ = task_data(1, 6, seeds=(0, 1, 2, 3))
+    _, data = task_data(1, 6, seed=0)["e2e"]
     codec = Codec(CharTokenizer.from_text("".join(p + "".join(e2e_references(p[:-4])) for p, _ in data) + "\nmore"), "gpt")
     # another opening than the data's target, then the stop and more text: a perfect score
     other_opening = {p: next(r for r in e2e_references(p[:-4]) if r + "\n" != c) + "\nmore" for p, c in data}
