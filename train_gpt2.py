@@ -5,6 +5,7 @@
     python train_gpt2.py --model gpt2 --method prompt --data book.txt   # plain language modelling
     python train_gpt2.py --model gpt2 --method prefix --resume          # continue the run in --out
     python train_gpt2.py --init tiny --method bitfit --steps 20         # a random tiny GPT-2 (no download)
+    python train_gpt2.py --model gpt2 --method bitfit --max-length 1024 --checkpointing   # less memory
 
 --model is a folder in the Hugging Face layout (config.json + model.safetensors or
 pytorch_model.bin, as `huggingface-cli download gpt2 config.json model.safetensors --local-dir gpt2`
@@ -89,6 +90,9 @@ def build_parser():
                    ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "); linear warmup, then linear decay to 0")
     t.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of --steps)")
     t.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    t.add_argument("--checkpointing", action="store_true",
+                   help="activation checkpointing: keep only each block's inputs and recompute the rest in backward "
+                        "(less memory for long sequences, for one more forward pass per step; the same loss and gradients)")
     t.add_argument("--seed", type=int, default=1337, help="seed for the adapter's init and the batch order")
     t.add_argument("--out", default="runs/gpt2", help="folder for the adapter/model and state.pt")
     t.add_argument("--save-every", type=int, default=100, help="write state.pt every N steps (and at the end)")
@@ -144,6 +148,7 @@ def load_model(args):
     if tokenizer.n_vocab > model.config.vocab_size:
         raise MiniPeftError(f"the tokenizer has {tokenizer.n_vocab} tokens but the model only {model.config.vocab_size}: "
                             "this is not a GPT-2 vocabulary")
+    model.checkpointing = args.checkpointing
     return model.to(args.device), tokenizer
 
 

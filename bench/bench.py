@@ -37,6 +37,18 @@ so read ratios, not absolute times.
      one task at a time.)
   5. T5-small training step with prompt tuning (P=20; batch 4, 128 encoder and 32 decoder
      tokens) against T5ForConditionalGeneration + peft. Target: minipeft/reference <= 0.9.
+  6. activation checkpointing (model.checkpointing; only with --only checkpointing: at GPT-2
+     small, with the default --steps and --warmup, it takes about an hour on 2 cores): training
+     steps of each PEFT method on 4 rows that fill the 1024-position context (1024 tokens; 1014
+     after a 10-slot prefix; 1004 after a 20-slot prompt), with and without checkpointing, each
+     in a fresh process (as in 2): peak memory (peak RSS with glibc's mmap threshold fixed at
+     1 MiB, so that it follows the live tensors: TENSOR_PEAK_ENV; on CUDA peak allocated) and the
+     median step time after --warmup. minipeft only (peft cannot checkpoint a prefix).
+     --checkpointing-model 6x384 takes 6 layers of width 384 (6 heads) instead of the --size's
+     GPT. Targets: peak memory with <= 0.5 of without; step time with <= 1.5 of without (the
+     rerun adds one forward of every block; a PEFT step, with no weight gradients, is about two).
+
+    python bench/bench.py --only checkpointing --checkpointing-model 6x384 --steps 2 --warmup 1
 """
 
 import argparse
@@ -44,6 +56,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -72,9 +85,9 @@ LR = 1e-4
 # shapes of each --size: GPT model, training batch, generation, bank rows, T5 model and batch, copy size
 SIZES = {
     "gpt2": dict(gpt="gpt2", batch=4, seq=128, gen_prompt=32, gen_new=64, bank_tasks=8, bank_seq=32, bank_new=16,
-                 t5="t5-small", t5_batch=4, t5_enc=128, t5_dec=32, copy_mb=512),
+                 t5="t5-small", t5_batch=4, t5_enc=128, t5_dec=32, copy_mb=512, long_batch=4, long_positions=1024),
     "tiny": dict(gpt="tiny", batch=2, seq=16, gen_prompt=8, gen_new=8, bank_tasks=8, bank_seq=8, bank_new=4,
-                 t5="tiny", t5_batch=2, t5_enc=16, t5_dec=8, copy_mb=8),
+                 t5="tiny", t5_batch=2, t5_enc=16, t5_dec=8, copy_mb=8, long_batch=2, long_positions=64),
 }
 
 
@@ -486,16 +499,20 @@ def peak_rss_mb():
 
 def one_case(case):
     """Run in a fresh process: build one model (random init, no other model in memory), train a few
-    steps, print {"peak_mb": ...} as the last line. Only the reference imports transformers/peft."""
+    steps, print {"peak_mb": ...} as the last line. Only the reference imports transformers/peft.
+    A case with "checkpointing" (part 6) trains its own model and long batch, checkpointed or not."""
     size, device, impl, method = case["size"], case["device"], case["impl"], case["method"]
     BF16["on"] = case["bf16"]
     torch.set_num_threads(case["threads"])
     after_import = peak_rss_mb()
     torch.manual_seed(0)
+    long = "checkpointing" in case
     if impl == "minipeft":
-        module = wrap_ours(minipeft.GPT(gpt_config(size)).to(device).train(), method)
+        model = minipeft.GPT(long_config(size, case["model"]) if long else gpt_config(size)).to(device).train()
+        model.checkpointing = case.get("checkpointing", False)
+        module = wrap_ours(model, method)
         opt = make_optimizer(module, LR)
-        ids = gpt_batch(size, device)
+        ids = long_batch(size, method, device) if long else gpt_batch(size, device)
         call = lambda: module(ids, labels=ids)  # noqa: E731
     else:
         module = wrap_ref(hf_gpt(size).to(device).train(), method)
@@ -503,19 +520,40 @@ def one_case(case):
         ids = gpt_batch(size, device)
         call = lambda: module(input_ids=ids, labels=ids).loss  # noqa: E731
     after_build = peak_rss_mb()
+    built = after_build
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+        built = torch.cuda.memory_allocated() / 2 ** 20
+    step_s, timer = [], Timer(device)
     for _ in range(case["steps"]):
+        timer.sync()
+        start = time.perf_counter()
         with autocast(device):
             loss = call()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        timer.sync()
+        step_s.append(time.perf_counter() - start)
     result = {"peak_mb": peak_rss_mb(), "after_import_mb": after_import, "after_build_mb": after_build, "kind": "peak RSS",
-              "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "step_s": step_s}
     if device == "cuda":
         result.update(peak_mb=torch.cuda.max_memory_allocated() / 2 ** 20, kind="peak CUDA memory allocated")
+    result["above_model_mb"] = result["peak_mb"] - built  # activations, gradients, optimizer state, temporaries
     print(json.dumps(result))
+
+
+def start_case(case, env=None):
+    """This script with --one-case `case`, in a fresh process (a peak is the whole process's)."""
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--one-case", json.dumps(case)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def case_result(case, proc):
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"case {case} failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def bench_memory(size, device, threads, steps, log):
@@ -528,16 +566,58 @@ def bench_memory(size, device, threads, steps, log):
     while cases or running:
         while cases and len(running) < jobs:
             case = cases.pop(0)
-            running.append((case, subprocess.Popen([sys.executable, os.path.abspath(__file__), "--one-case", json.dumps(case)],
-                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+            running.append((case, start_case(case)))
         case, proc = running.pop(0)
-        stdout, stderr = proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"memory case {case} failed:\n{stderr[-3000:]}")
-        out.setdefault(case["method"], {})[case["impl"]] = json.loads(stdout.strip().splitlines()[-1])
+        out.setdefault(case["method"], {})[case["impl"]] = case_result(case, proc)
     for method in METHODS:
         log(f"memory {method}: minipeft {out[method]['minipeft']['peak_mb']:.0f} MB, "
             f"reference {out[method]['reference']['peak_mb']:.0f} MB")
+    return out
+
+
+# ---- activation checkpointing: peak memory and step time, with and without --------------------------------
+
+def long_config(size, model=None):
+    """The GPT of part 6: the --size's, or with model "LxC" L layers of width C (C // 64 heads)."""
+    if not model:
+        return gpt_config(size)
+    n_layer, n_embd = (int(x) for x in model.split("x"))
+    return minipeft.GPTConfig.named(SIZES[size]["gpt"], n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // 64))
+
+
+def long_batch(size, method, device):
+    """long_batch rows that fill long_positions: tokens, after the method's prefix or prompt slots."""
+    s = SIZES[size]
+    T = s["long_positions"] - {"prefix": N_PREFIX, "prompt": N_PROMPT}.get(method, 0)
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, gpt_config(size).vocab_size, (s["long_batch"], T), generator=g).to(device)
+
+
+# glibc keeps freed heap memory mapped, and after a large free it serves blocks up to 32 MiB from the
+# heap: peak RSS then counts whatever the allocator kept, not what the tensors needed. A fixed 1 MiB
+# threshold gives every tensor of 1 MiB or more its own mapping, returned when freed, so the peak RSS
+# follows the live tensors (as CUDA's max_memory_allocated does). It costs page faults on every step.
+TENSOR_PEAK_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 20)}
+
+
+def bench_checkpointing(size, device, threads, steps, warmup, model, log):
+    """Each PEFT method without, then with checkpointing, one process at a time (each times its steps)."""
+    cfg, s = long_config(size, model), SIZES[size]
+    out = {"model": f"{cfg.n_layer}x{cfg.n_embd}", "n_head": cfg.n_head, "batch": s["long_batch"], "positions": s["long_positions"],
+           "steps": steps, "warmup": warmup, "env": TENSOR_PEAK_ENV if device == "cpu" else {}}
+    for method in PEFT_METHODS:
+        runs = {}
+        for on in (False, True):
+            case = dict(size=size, device=device, impl="minipeft", method=method, threads=threads, steps=warmup + steps,
+                        bf16=BF16["on"], checkpointing=on, model=model)
+            r = runs["with" if on else "without"] = case_result(case, start_case(case, out["env"]))
+            r["step_ms"] = median_ms(r["step_s"][warmup:])
+        without, with_ = runs["without"], runs["with"]
+        out[method] = {**runs, "peak_ratio": with_["peak_mb"] / without["peak_mb"],
+                       "above_model_ratio": with_["above_model_mb"] / without["above_model_mb"],
+                       "step_ratio": with_["step_ms"] / without["step_ms"]}
+        log(f"checkpointing {method}: peak {without['peak_mb']:.0f} -> {with_['peak_mb']:.0f} MB, "
+            f"step {without['step_ms']:.0f} -> {with_['step_ms']:.0f} ms")
     return out
 
 
@@ -572,8 +652,8 @@ def row(what, ours, ref, unit, ratio, target, ok):
 NAMES = {"full": "full FT", "bitfit": "BitFit", "prefix": f"prefix (P={N_PREFIX}, MLP {PREFIX_HIDDEN})",
          "prompt": f"prompt (P={N_PROMPT})"}
 LEGEND = ("Reference column: transformers (+ peft for prefix/prompt), except in rows saying \"vs own full FT\" "
-          "(minipeft's full fine-tuning), \"vs bandwidth bound\" (the bound) and \"vs 8 one at a time\" (minipeft, "
-          "one task at a time). Ratio: minipeft / reference for times and memory, for tokens/s the fraction or multiple "
+          "(minipeft's full fine-tuning), \"vs bandwidth bound\" (the bound), \"vs 8 one at a time\" (minipeft, "
+          "one task at a time) and \"checkpointing vs without\" (minipeft without activation checkpointing). Ratio: minipeft / reference for times and memory, for tokens/s the fraction or multiple "
           "of the reference's, for the batch rows the speed-up (time one at a time / time in one batch). The two sides "
           "take turns, one call each per round, and a time ratio is the median of the rounds' ratios (the columns are "
           "each side's median), so a slow stretch of this shared machine slows both sides of a ratio alike.")
@@ -623,6 +703,17 @@ def build_rows(r):
         ratio = t5["paired_ratio"]
         rows.append(row(f"T5 train step, prompt (P={N_PROMPT})", t5["minipeft_ms"], t5["reference_ms"], "ms", ratio,
                         "<= 0.90", ratio <= 0.9))
+    ck = r.get("checkpointing")
+    if ck:
+        shape = f"GPT {ck['model']}, {ck['batch']} x {ck['positions']} positions"
+        for m in PEFT_METHODS:
+            c = ck[m]
+            rows.append(row(f"peak memory, {NAMES[m]}, checkpointing vs without ({shape})", c["with"]["peak_mb"],
+                            c["without"]["peak_mb"], "MB", c["peak_ratio"], "<= 0.50", c["peak_ratio"] <= 0.5))
+        for m in PEFT_METHODS:
+            c = ck[m]
+            rows.append(row(f"train step, {NAMES[m]}, checkpointing vs without ({shape})", c["with"]["step_ms"],
+                            c["without"]["step_ms"], "ms", c["step_ratio"], "<= 1.50", c["step_ratio"] <= 1.5))
     return rows
 
 
@@ -656,6 +747,20 @@ def markdown(results):
             cell = lambda d, ms: f"{fmt(d['matmul'], 'ms')} + {fmt(d['attention'], 'ms')} ({(d['matmul'] + d['attention']) / ms:.0%})"  # noqa: E731
             lines.append(f"| {what} | {cell(ours, t['minipeft_ms'])} | {cell(ref, t['reference_ms'])} | "
                          f"{(ours['matmul'] + ours['attention']) / t['reference_ms']:.2f} |")
+    ck = results.get("checkpointing")
+    if ck:
+        env = "".join(f", {k}={v}" for k, v in ck["env"].items())
+        lines += ["", f"Activation checkpointing, GPT {ck['model']} ({ck['n_head']} heads), {ck['batch']} rows filling "
+                      f"{ck['positions']} positions, each case in its own process{env}: its peak "
+                      f"({ck['bitfit']['without']['kind']}), the part of it above the built model (activations, gradients, "
+                      f"optimizer state, temporaries) and the median step time of {ck['steps']} after {ck['warmup']} warm-up.", "",
+                  "| method | peak without | peak with | ratio | above the model: without | with | ratio | step without | step with | ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for m in PEFT_METHODS:
+            c, w, o = ck[m], ck[m]["with"], ck[m]["without"]
+            lines.append(f"| {NAMES[m]} | {fmt(o['peak_mb'], 'MB')} | {fmt(w['peak_mb'], 'MB')} | {c['peak_ratio']:.2f} | "
+                         f"{fmt(o['above_model_mb'], 'MB')} | {fmt(w['above_model_mb'], 'MB')} | {c['above_model_ratio']:.2f} | "
+                         f"{fmt(o['step_ms'], 'ms')} | {fmt(w['step_ms'], 'ms')} | {c['step_ratio']:.2f} |")
     gen = results.get("generation")
     if gen:
         lines += ["", f"Bandwidth bound: {gen['param_bytes'] / 1e6:,.1f} MB of parameters read per token / "
@@ -673,7 +778,8 @@ def markdown(results):
     return "\n".join(lines)
 
 
-PARTS = ("train", "memory", "generation", "bank", "t5")
+PARTS = ("train", "memory", "generation", "bank", "t5")  # the default run
+ON_REQUEST = ("checkpointing",)                         # only with --only (long sequences: slow on a CPU)
 
 
 def main(argv=None):
@@ -685,7 +791,10 @@ def main(argv=None):
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: when available")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
                    help="fp32, or bf16 autocast; auto: fp32 on CPU, bf16 autocast on CUDA")
-    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run, from {','.join(PARTS)}")
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts to run, from {','.join(PARTS + ON_REQUEST)} "
+                   f"(default: {','.join(PARTS)})")
+    p.add_argument("--checkpointing-model", metavar="LxC", help="part checkpointing: a GPT of L layers, C wide (C // 64 "
+                   "heads), with GPT-2's vocabulary and context, instead of the --size's (e.g. 6x384)")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     p.add_argument("--one-case", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -694,8 +803,15 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device available")
     parts = [x for x in args.only.split(",") if x]
-    if any(x not in PARTS for x in parts):
-        p.error(f"--only takes parts from {PARTS}")
+    if any(x not in PARTS + ON_REQUEST for x in parts):
+        p.error(f"--only takes parts from {PARTS + ON_REQUEST}")
+    if args.checkpointing_model:
+        if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", args.checkpointing_model):
+            p.error(f"--checkpointing-model takes LxC (layers x width, e.g. 6x384); got {args.checkpointing_model!r}")
+        try:
+            long_config(args.size, args.checkpointing_model).validate()
+        except minipeft.MiniPeftError as e:
+            p.error(f"--checkpointing-model {args.checkpointing_model}: {e}")
     torch.set_num_threads(args.threads)
     BF16["on"] = args.dtype == "bf16" or (args.dtype == "auto" and args.device == "cuda")
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -708,10 +824,15 @@ def main(argv=None):
     start = time.perf_counter()
     if "memory" in parts:  # first, while this process is small (the subprocesses measure their own peak anyway)
         results["memory"] = bench_memory(args.size, args.device, args.threads, max(2, args.warmup + 1), log)
-    with tempfile.TemporaryDirectory() as folder:
-        save_reference(args.size, folder)
-        for part, run in (("train", bench_train), ("generation", bench_generation), ("bank", bench_bank), ("t5", bench_t5)):
-            if part in parts:
+    if "checkpointing" in parts:
+        results["checkpointing"] = bench_checkpointing(args.size, args.device, args.threads, args.steps, args.warmup,
+                                                       args.checkpointing_model, log)
+    shared = [(part, run) for part, run in (("train", bench_train), ("generation", bench_generation), ("bank", bench_bank),
+                                            ("t5", bench_t5)) if part in parts]
+    if shared:  # the parts that run the reference's saved weights
+        with tempfile.TemporaryDirectory() as folder:
+            save_reference(args.size, folder)
+            for part, run in shared:
                 results[part] = run(folder, args.size, args.device, args.steps, args.warmup, log)
     log(f"done in {time.perf_counter() - start:.0f} s")
     with contextlib.suppress(OSError):

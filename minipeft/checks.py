@@ -220,11 +220,18 @@ def check_bias_delta(deltas, slots, batch):
             raise MiniPeftError(f"bias_delta {name!r} is {d.dtype} on {d.device}; the model is {module.weight.dtype} on {module.weight.device}")
 
 
+def check_checkpointing(model):
+    """model.checkpointing, a plain attribute: True or False."""
+    if type(model.checkpointing) is not bool:
+        raise MiniPeftError(f"model.checkpointing must be True or False; got {model.checkpointing!r:.60}")
+
+
 def check_gpt_call(model, input_ids, attention_mask=None, *, prefix=None, prompt=None, bias_delta=None, prefix_mask=None,
                    infix_at=None, prompt_mask=None, positions="real", bias_slots=None):
     """The arguments of GPT.hidden_states (and so forward and generate); returns (B, T).
     bias_slots: layers.bias_slots(model), needed when bias_delta is given."""
     cfg, w = model.config, model.wte.weight
+    check_checkpointing(model)
     B, T = check_ids("input_ids", input_ids, cfg.vocab_size)
     if attention_mask is not None:
         check_attention_mask("attention_mask", attention_mask, (B, T), every_row_real=prompt is None and prefix is None)
@@ -257,6 +264,7 @@ def check_t5_call(model, input_ids, attention_mask=None, *, decoder_input_ids=No
     """The arguments of T5.hidden_states (decoding=True) or T5.encode / generate (decoding=False);
     returns the batch size. bias_slots: layers.bias_slots(model), needed when bias_delta is given."""
     cfg, w = model.config, model.shared.weight
+    check_checkpointing(model)
     if prefix is not None and (not isinstance(prefix, dict) or not set(prefix) <= set(PREFIX_SITES)):
         got = sorted(prefix) if isinstance(prefix, dict) else type(prefix).__name__
         raise MiniPeftError(f"prefix must be a dict with keys among {PREFIX_SITES}; got {got}")

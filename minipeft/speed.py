@@ -94,6 +94,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_x[start:start + rows] = grad.t() @ weight
                 if need_w:
                     grad_w.addmm_(grad.to(grad_w.dtype), xc.to(grad_w.dtype))
+            z = p = grad = None                                              # this [vocab, n] freed before the next one
         ctx.save_for_backward(grad_x, grad_w, n_valid, weight)  # weight: so that editing it in place before backward is an error
         return total / n_valid
 

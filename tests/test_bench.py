@@ -127,3 +127,49 @@ def test_both_sides_compute_the_same_thing(tiny_run):
             assert t["trainable_minipeft"] == t["trainable_reference"], method
     t5 = results["t5"]
     assert abs(t5["first_loss_minipeft"] - t5["first_loss_reference"]) < 1e-4
+
+
+# ---- part 6, activation checkpointing: only on request (--only checkpointing) ---------------------------
+
+@pytest.fixture(scope="module")
+def checkpointing_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-checkpointing") / "results.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, BENCH, "--size", "tiny", "--only", "checkpointing", "--checkpointing-model", "3x64",
+                           "--steps", "1", "--warmup", "1", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_checkpointing_part_reports_memory_and_time_with_and_without(checkpointing_run):
+    stdout, results = checkpointing_run
+    shape = "GPT 3x64, 2 x 64 positions"
+    want = ([f"peak memory, {m}, checkpointing vs without ({shape})" for m in ("BitFit", PREFIX, PROMPT)]
+            + [f"train step, {m}, checkpointing vs without ({shape})" for m in ("BitFit", PREFIX, PROMPT)])
+    assert [row["what"] for row in results["rows"]] == want
+    assert set(results) == {"machine", "config", "rows", "checkpointing"}  # the default parts did not run
+    ck = results["checkpointing"]
+    assert (ck["model"], ck["n_head"], ck["batch"], ck["positions"]) == ("3x64", 1, 2, 64)
+    for method in ("bitfit", "prefix", "prompt"):
+        c = ck[method]
+        for side in ("without", "with"):
+            assert c[side]["peak_mb"] > c[side]["above_model_mb"] > 0 and len(c[side]["step_s"]) == 2  # warm-up + 1
+            assert c[side]["step_ms"] == pytest.approx(1000 * c[side]["step_s"][1])
+        assert c["peak_ratio"] == pytest.approx(c["with"]["peak_mb"] / c["without"]["peak_mb"])
+        assert c["step_ratio"] == pytest.approx(c["with"]["step_ms"] / c["without"]["step_ms"])
+    lines = stdout.splitlines()
+    header = "| method | peak without | peak with | ratio | above the model: without | with | ratio | step without | step with | ratio |"
+    start = lines.index(header) + 2
+    assert [line.split(" | ")[0].removeprefix("| ") for line in lines[start:start + 3]] == ["BitFit", PREFIX, PROMPT]
+
+
+def test_checkpointing_model_must_be_layers_x_width(capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for bad, message in (("6by384", "takes LxC"), ("2x200", "n_embd")):
+        with pytest.raises(SystemExit) as exit:
+            bench.main(["--size", "tiny", "--only", "checkpointing", "--checkpointing-model", bad])
+        assert exit.value.code == 2 and message in capsys.readouterr().err

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+import torch.utils.checkpoint
 
 from minipeft import GPT, BitFit, PrefixTuning, PromptTuning
 from minipeft.io import safetensors
@@ -244,6 +245,24 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
     assert not (tmp_path / "out" / "state.pt").exists()
 
 
+def test_checkpointing_flag_turns_it_on_and_trains_the_same(tmp_path, monkeypatch):
+    """--checkpointing sets model.checkpointing; the run ends with the same weights as one without it."""
+    assert parse([*TINY, "--checkpointing"]).checkpointing and not parse(TINY).checkpointing
+    models = []
+    load_model = train_gpt2.load_model
+    monkeypatch.setattr(train_gpt2, "load_model", lambda args: models.append(load_model(args)) or models[-1])
+    checkpointed = []
+    checkpoint = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: checkpointed.append(1) or checkpoint(*a, **k))
+    common = [*TINY, "--method", "bitfit", "--steps", "2"]
+    assert main(*common, "--out", tmp_path / "plain") == 0
+    assert not checkpointed
+    assert main(*common, "--out", tmp_path / "checkpointed", "--checkpointing") == 0
+    assert [model.checkpointing for model, _ in models] == [False, True]
+    assert len(checkpointed) == 2 * 2  # 2 steps x 2 blocks (none in evaluation or sampling)
+    assert_same_run(tmp_path / "plain", tmp_path / "checkpointed")
+
+
 def files_of(out):
     """{relative path: bytes} of every file under out."""
     return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
@@ -317,6 +336,6 @@ def test_help_explains_every_flag():
     assert all(a.help for a in parser._actions)
     text = parser.format_help()
     for flag in ("--model", "--init", "--method", "--terms", "--n-prefix", "--no-reparam", "--hidden", "--n-prompt",
-                 "--prompt-init", "--data", "--max-length", "--no-truncate", "--steps", "--batch-size", "--lr", "--device",
+                 "--prompt-init", "--data", "--max-length", "--no-truncate", "--steps", "--batch-size", "--lr", "--device", "--checkpointing",
                  "--seed", "--out", "--resume", "--save-every"):
         assert flag in text

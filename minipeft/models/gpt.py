@@ -7,6 +7,9 @@ Hooks (used by minipeft/methods/bitfit.py, prefix.py, prompt.py; never monkey-pa
              (generate writes it into the KV cache once instead: the same keys)
   3. prompt:  forward(..., prompt=[B or 1, P, n_embd]) prepended to the token embeddings
 
+Activation checkpointing: model.checkpointing = True (training only) keeps each block's inputs and
+recomputes the rest in backward; every hook passes through (layers.run_block).
+
 Positions (positions="real", the default) count real tokens: after a prefix of P slots the first
 token sits at P (as in the prefix-tuning code and peft), prompt slots take 0..P-1, left padding
 takes none, so a padded row gets the positions it has alone. positions="plain" counts every slot,
@@ -24,7 +27,8 @@ from ..checks import IGNORE, check_decoding, check_generate_room, check_gpt_call
 from ..errors import MiniPeftError
 from ..speed import linear, linear_cross_entropy
 from .generation import decode
-from .layers import KeepKeysValues, KVCache, LayerNorm, Linear, attend, bias_deltas, bias_slots, build_mask, merge_heads, split_heads
+from .layers import (KeepKeysValues, KVCache, LayerNorm, Linear, attend, bias_deltas, bias_slots, build_mask, merge_heads, run_block,
+                     split_heads)
 
 
 @dataclass
@@ -135,6 +139,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.embd_pdrop)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_eps, cfg.bias)
+        self.checkpointing = False  # True: activation checkpointing per block while training (layers.run_block)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
             if name.endswith("c_proj.weight"):
@@ -223,13 +228,14 @@ class GPT(nn.Module):
         else:
             mask = build_mask(key_valid, n_query, n_prefix=n_prefix, prefix_mask=prefix_mask, infix_at=infix_at)
 
+        checkpoint = self.checkpointing and cache is None                  # (not decoding: a rerun would write the cache again)
         with bias_deltas(slots, bias_delta):                               # BitFit: this call's bias deltas
             x = self.wte(input_ids)                                         # [B, T, C]
             if n_prompt:                                                    # prompt tuning: P trained embeddings
                 x = torch.cat([prompt.expand(B, -1, -1), x], dim=1)         # [B, P + T, C]
             x = self.drop(x + self.wpe(positions))
             for i, block in enumerate(self.h):                             # prefix tuning: layer i's keys/values
-                x = block(x, mask, is_causal, None if prefix is None else prefix[i], cache, i)
+                x = run_block(block, x, mask, is_causal, None if prefix is None else prefix[i], cache, i, checkpoint=checkpoint)
             if cache is not None:
                 cache.advance(valid)
             return self.ln_f(x[:, n_prompt:])                               # drop the prompt slots: [B, T, C]

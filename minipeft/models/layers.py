@@ -11,6 +11,7 @@ import contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from ..checks import check_prefix, check_slot_mask
 from ..errors import MiniPeftError
@@ -139,16 +140,46 @@ def bias_deltas(slots, deltas):
     slots: bias_slots(model); deltas as checks.check_bias_delta accepts them.
     """
     modules = {name: (module, role) for name, module, _, role in slots} if deltas else {}
-    touched = []
+    per_module = {}
+    for name, d in (deltas or {}).items():
+        module, role = modules[name]
+        per_module.setdefault(module, {})[role] = d
+    with module_deltas(per_module):
+        yield
+
+
+@contextlib.contextmanager
+def module_deltas(per_module):
+    """Set the deltas {module: {role: delta}} of bias-slot modules; put back what they had after."""
+    before = {module: module.delta for module in per_module}
     try:
-        for name, d in (deltas or {}).items():
-            module, role = modules[name]
-            module.delta[role] = d
-            touched.append(module)
+        for module, deltas in per_module.items():
+            module.delta = deltas
         yield
     finally:
-        for module in touched:
-            module.delta = {}
+        for module, deltas in before.items():
+            module.delta = deltas
+
+
+# ---- activation checkpointing ------------------------------------------------------------------
+
+def run_block(block, *args, checkpoint=False):
+    """block(*args); with checkpoint, while training with gradients, through activation checkpointing
+    (trades compute for memory): the block keeps only its inputs for backward and runs again there
+    to get the rest, so one block's activations are held at a time instead of every block's.
+
+    Every hook passes through. Prefixes, prompt states and masks are inputs like x: the rerun sees
+    them again. Dropout draws the same masks (checkpoint replays the RNG state). The bias deltas of
+    this call are set again for the rerun, which runs in backward, after bias_deltas() has removed them.
+    """
+    if not (checkpoint and block.training and torch.is_grad_enabled()):
+        return block(*args)
+    deltas = {m: m.delta for m in block.modules() if isinstance(m, BiasSlots) and m.delta}  # gone by backward
+
+    def block_with_deltas(*args):
+        with module_deltas(deltas):
+            return block(*args)
+    return torch.utils.checkpoint.checkpoint(block_with_deltas, *args, use_reentrant=False)
 
 
 # ---- attention -------------------------------------------------------------------------------

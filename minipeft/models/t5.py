@@ -15,6 +15,9 @@ Hooks, with the names and shapes GPT-2 uses (models/gpt.py):
      the encoder mask gets P ones, so the decoder also cross-attends to the prompt slots. The
      decoder's output (and logits) keep the shape of decoder_input_ids.
 
+Activation checkpointing: model.checkpointing = True (training only) keeps each block's inputs and
+recomputes the rest in backward; every hook passes through (layers.run_block).
+
 Relative position bias of a prefix (T5 has no absolute positions; the bias depends on
 key_pos - query_pos): in each self-attention the P prefix slots sit at positions 0..P-1 and the
 real tokens at P, P+1, ... In the decoder that is exactly transformers with the prefix passed as
@@ -36,7 +39,7 @@ from ..checks import IGNORE, check_decoding, check_ids, check_t5_call, check_t5_
 from ..errors import MiniPeftError
 from ..speed import linear, linear_cross_entropy
 from .generation import decode
-from .layers import KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, merge_heads, split_heads
+from .layers import KVCache, Linear, RMSNorm, attend, bias_deltas, bias_slots, build_mask, merge_heads, run_block, split_heads
 
 PAD_ID = 0            # also the decoder's start token
 EOS_ID = 1
@@ -226,11 +229,11 @@ class Stack(nn.Module):
         return self.relative_attention_bias(buckets).permute(0, 3, 1, 2)
 
     def forward(self, x, key_valid, *, prefix=None, prefix_mask=None, cache=None, cross_kv=None, cross_mask=None,
-                cross_prefix=None, positions="real"):
+                cross_prefix=None, positions="real", checkpointing=False):
         """x [B, T, d_model] -> [B, T, d_model]. key_valid [B, S] marks the real keys (S = T, or
         the cached tokens + T); prefix slots take key positions 0..P-1 in front of them, and
         prefix_mask [B or 1, P] marks the slots a row uses (left-padded: distances stay the same).
-        positions: "real" or "plain" (see position_bias)."""
+        positions: "real" or "plain" (see position_bias). checkpointing: T5.checkpointing."""
         T, B = x.shape[1], x.shape[0]
         P = 0 if prefix is None else prefix[0][0].shape[2]
         slots = key_valid.new_ones(B, P) if prefix_mask is None else prefix_mask.expand(B, -1)
@@ -238,11 +241,12 @@ class Stack(nn.Module):
         if not (bool(key_valid.all()) and prefix_mask is None and (not self.is_decoder or T == 1)):
             allowed = build_mask(key_valid, T, n_prefix=P, prefix_mask=prefix_mask, causal=self.is_decoder)  # [B, 1, T, P+S]
             mask = torch.where(allowed, mask, float("-inf"))                    # masked keys get zero weight
+        checkpoint = checkpointing and cache is None                        # (not decoding: a rerun would write the cache again)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, None if prefix is None else prefix[i], cache, i,
-                      None if cross_kv is None else cross_kv[i], cross_mask,
-                      None if cross_prefix is None else cross_prefix[i])
+            x = run_block(block, x, mask, None if prefix is None else prefix[i], cache, i,
+                          None if cross_kv is None else cross_kv[i], cross_mask,
+                          None if cross_prefix is None else cross_prefix[i], checkpoint=checkpoint)
         return self.drop(self.final_norm(x))
 
 
@@ -256,6 +260,7 @@ class T5(nn.Module):
         self.encoder = Stack(cfg, is_decoder=False)
         self.decoder = Stack(cfg, is_decoder=True)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.checkpointing = False  # True: activation checkpointing per block while training (layers.run_block)
         self._init_weights()
 
     @torch.no_grad()
@@ -381,7 +386,8 @@ class T5(nn.Module):
         if prefix_mask is not None:
             prefix_mask = prefix_mask.bool()
         if cache is None:
-            return self.encoder(x, valid, prefix=prefix, prefix_mask=prefix_mask, positions=positions), valid
+            return self.encoder(x, valid, prefix=prefix, prefix_mask=prefix_mask, positions=positions,
+                                checkpointing=self.checkpointing), valid
         h = self.encoder(x, cache.append_mask(valid), prefix=prefix, prefix_mask=prefix_mask, cache=cache,
                          positions=positions)  # the cache records keys/values
         cache.advance(valid)
@@ -405,7 +411,8 @@ class T5(nn.Module):
         cross_mask = None if bool(enc_valid.all()) else enc_valid[:, None, None, :]  # [B, 1, 1, Pc+S], no position bias
         decoder_valid = prefix_mask.get("decoder")
         h = self.decoder(x, key_valid, prefix=prefix.get("decoder"), prefix_mask=None if decoder_valid is None else decoder_valid.bool(),
-                         cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, cross_prefix=cross_prefix, positions=positions)
+                         cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, cross_prefix=cross_prefix, positions=positions,
+                         checkpointing=self.checkpointing)
         if cache is not None:
             cache.advance(valid)
         return h
