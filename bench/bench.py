@@ -53,6 +53,7 @@ so read ratios, not absolute times.
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -251,9 +252,12 @@ def t5_batch(size, device, seed=0):
     return ids, torch.ones_like(ids), labels
 
 
-def train_steps(kind, ours, ref, size, device):
-    """Two step functions (forward, backward, AdamW step) and the loss each step returned."""
+def train_steps(kind, ours, ref, size, device, compile=False):
+    """Two step functions (forward, backward, AdamW step) and the loss each step returned.
+    compile: a torch.compile backend for minipeft's forward, torch.compile(ours) (the optimizer steps
+    ours' parameters); None: eager."""
     opt_ours, opt_ref = make_optimizer(ours, LR), ref_optimizer(ref)
+    ours = torch.compile(ours, backend=compile) if compile else ours
     losses = {"minipeft": [], "reference": []}
     if kind == "gpt":
         ids = gpt_batch(size, device)
@@ -312,9 +316,11 @@ def paired_ratio(top, bottom):
     return statistics.median(a / b for a, b in zip(top, bottom))
 
 
-def bench_train(folder, size, device, steps, warmup, log):
+def bench_train(folder, size, device, steps, warmup, log, compiled=None):
     """All eight cases (4 methods x 2 implementations) take turns, one step each per round, so every
-    ratio, including a PEFT method against full fine-tuning, compares steps of the same stretch of time."""
+    ratio, including a PEFT method against full fine-tuning, compares steps of the same stretch of time.
+    compiled: a torch.compile backend ("inductor"): also minipeft through torch.compile (a copy of
+    its own; compiled in the warmup steps)."""
     fns, losses, trainable = {}, {}, {}
     for method in METHODS:
         ours_model, ref_model = load_pair(folder, "gpt", device)
@@ -323,7 +329,12 @@ def bench_train(folder, size, device, steps, warmup, log):
         step, losses[method] = train_steps("gpt", ours, ref, size, device)
         trainable[method] = {"minipeft": n_trainable(ours), "reference": n_trainable(ref)}
         fns.update({(method, impl): fn for impl, fn in step.items()})
-    times = Timer(device).run(fns, steps, warmup)
+        if compiled:
+            copy = wrap_ours(load_pair(folder, "gpt", device)[0], method)
+            copy_adapter(ref, copy, method)
+            step, _ = train_steps("gpt", copy, ref, size, device, compile=compiled)
+            fns[(method, "compiled")] = step["minipeft"]
+    times = Timer(device).run(fns, steps, max(warmup, 2 if compiled else 0))  # compiled: 1 step compiles, 1 settles
     out = {}
     for method in METHODS:
         mine = {impl: times[(method, impl)] for impl in ("minipeft", "reference")}
@@ -335,7 +346,12 @@ def bench_train(folder, size, device, steps, warmup, log):
                        **share_fields(fns[(method, "minipeft")], fns[(method, "reference")], device),
                        "trainable_minipeft": trainable[method]["minipeft"], "trainable_reference": trainable[method]["reference"],
                        "first_loss_minipeft": losses[method]["minipeft"][0], "first_loss_reference": losses[method]["reference"][0]}
-        log(f"train {method}: minipeft {out[method]['minipeft_ms']:.0f} ms, reference {out[method]['reference_ms']:.0f} ms")
+        if compiled:
+            out[method].update(compiled_ms=median_ms(times[(method, "compiled")]),
+                               compiled_paired_ratio=paired_ratio(times[(method, "compiled")], mine["reference"]),
+                               compiled_to_eager=paired_ratio(times[(method, "compiled")], mine["minipeft"]))
+        log(f"train {method}: minipeft {out[method]['minipeft_ms']:.0f} ms, reference {out[method]['reference_ms']:.0f} ms"
+            + (f", compiled {out[method]['compiled_ms']:.0f} ms" if compiled else ""))
     out["prompt"]["loss_note"] = ("peft's loss also scores the first real token from the last virtual token "
                                   "(labels [-100] * P + ids): one target more than minipeft's, so the losses differ slightly")
     return out
@@ -667,6 +683,12 @@ def build_rows(r):
             t = train[m]
             ratio = t["paired_ratio"]
             rows.append(row(f"train step, {NAMES[m]}", t["minipeft_ms"], t["reference_ms"], "ms", ratio, "<= 0.90", ratio <= 0.9))
+        for m in (METHODS if "compiled_ms" in train["full"] else ()):
+            t = train[m]
+            rows.append(row(f"train step, {NAMES[m]}, compiled", t["compiled_ms"], t["reference_ms"], "ms",
+                            t["compiled_paired_ratio"], "<= 0.75", t["compiled_paired_ratio"] <= 0.75))
+            rows.append(row(f"train step, {NAMES[m]}, compiled vs own eager", t["compiled_ms"], t["minipeft_ms"], "ms",
+                            t["compiled_to_eager"], "< 1.00", t["compiled_to_eager"] < 1.0))
         for m in PEFT_METHODS:
             ratio = train[m]["paired_ratio_to_full"]
             rows.append(row(f"train step, {NAMES[m]} vs own full FT", train[m]["minipeft_ms"], train["full"]["minipeft_ms"],
@@ -795,6 +817,10 @@ def main(argv=None):
                    f"(default: {','.join(PARTS)})")
     p.add_argument("--checkpointing-model", metavar="LxC", help="part checkpointing: a GPT of L layers, C wide (C // 64 "
                    "heads), with GPT-2's vocabulary and context, instead of the --size's (e.g. 6x384)")
+    p.add_argument("--compile", action="store_true", help="part train: also minipeft through torch.compile (inductor), "
+                   "against the same eager reference (each method compiles first: minutes on a CPU)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile's backend for --compile (default: "
+                   "%(default)s; aot_eager traces the same graph without compiling it, for the tests)")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     p.add_argument("--one-case", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -819,6 +845,7 @@ def main(argv=None):
                "config": {"size": args.size, "steps": args.steps, "warmup": args.warmup, "threads": args.threads,
                           "device": args.device, "shapes": SIZES[args.size], "n_prefix": N_PREFIX,
                           "prefix_hidden": PREFIX_HIDDEN, "n_prompt": N_PROMPT,
+                          "compile": args.compile_backend if args.compile else None,
                           "optimizer": {k: v for k, v in make_optimizer(torch.nn.Linear(1, 1), LR).defaults.items()
                                         if k in ("lr", "betas", "eps", "weight_decay", "foreach", "fused")}}}
     start = time.perf_counter()
@@ -827,7 +854,8 @@ def main(argv=None):
     if "checkpointing" in parts:
         results["checkpointing"] = bench_checkpointing(args.size, args.device, args.threads, args.steps, args.warmup,
                                                        args.checkpointing_model, log)
-    shared = [(part, run) for part, run in (("train", bench_train), ("generation", bench_generation), ("bank", bench_bank),
+    train = functools.partial(bench_train, compiled=args.compile_backend if args.compile else None)
+    shared = [(part, run) for part, run in (("train", train), ("generation", bench_generation), ("bank", bench_bank),
                                             ("t5", bench_t5)) if part in parts]
     if shared:  # the parts that run the reference's saved weights
         with tempfile.TemporaryDirectory() as folder:

@@ -17,6 +17,14 @@ from .errors import MiniPeftError
 IGNORE = -100  # the label of a position without a loss (as in transformers)
 
 
+def reading_values():
+    """Whether checks (ids in range, a mask of 0 and 1, ...) and the models' shortcuts (no mask when
+    every key is real) may read tensor values: not while torch.compile traces, where reading one
+    (int(ids.max())) ends the graph, a graph break on every call. Compiled, shapes, dtypes and
+    devices are still checked, values only in eager calls, and the models take their general path."""
+    return not torch.compiler.is_compiling()
+
+
 def check_ids(name, ids, vocab_size):
     """A 2-D torch.long tensor of token ids in [0, vocab_size) with at least one token; returns (B, T)."""
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
@@ -25,7 +33,7 @@ def check_ids(name, ids, vocab_size):
     B, T = ids.shape
     if B == 0 or T == 0:
         raise MiniPeftError(f"{name} is empty (shape {list(ids.shape)}); give at least one token per row")
-    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+    if reading_values() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
         raise MiniPeftError(f"{name}: token ids must be in [0, {vocab_size}); got min {int(ids.min())}, max {int(ids.max())}")
     return B, T
 
@@ -36,6 +44,8 @@ def check_attention_mask(name, mask, shape, *, every_row_real=False):
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
         got = f"shape {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise MiniPeftError(f"{name} must have the shape of its ids {list(shape)} (1 = real token, 0 = padding); got {got}")
+    if not reading_values():
+        return
     if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
         other = mask[(mask != 0) & (mask != 1)].flatten()[0].item()
         raise MiniPeftError(f"{name} must hold only 1 (real token) and 0 (padding); got {other}. "
@@ -79,7 +89,7 @@ def check_labels(labels, shape, vocab_size):
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.long or tuple(labels.shape) != tuple(shape):
         got = f"{labels.dtype} tensor of shape {list(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise MiniPeftError(f"labels must be a torch.long tensor of shape {list(shape)} ({IGNORE} where no loss is wanted); got {got}")
-    if bool(((labels != IGNORE) & ((labels < 0) | (labels >= vocab_size))).any()):
+    if reading_values() and bool(((labels != IGNORE) & ((labels < 0) | (labels >= vocab_size))).any()):
         raise MiniPeftError(f"labels must be {IGNORE} or token ids in [0, {vocab_size})")
 
 
@@ -247,7 +257,7 @@ def check_gpt_call(model, input_ids, attention_mask=None, *, prefix=None, prompt
     if infix_at is not None:
         if prefix is None:
             raise MiniPeftError("infix_at given without prefix")
-        if not isinstance(infix_at, torch.Tensor) or infix_at.shape != (B,) or infix_at.dtype != torch.long or bool((infix_at < 0).any()):
+        if not isinstance(infix_at, torch.Tensor) or infix_at.shape != (B,) or infix_at.dtype != torch.long or (reading_values() and bool((infix_at < 0).any())):
             got = f"{infix_at.dtype} {list(infix_at.shape)}" if isinstance(infix_at, torch.Tensor) else type(infix_at).__name__
             raise MiniPeftError(f"infix_at must be a torch.long tensor of {B} non-negative token indices; got {got}")
     check_bias_delta(bias_delta, bias_slots, B)

@@ -164,6 +164,25 @@ def test_checkpointing_part_reports_memory_and_time_with_and_without(checkpointi
     assert [line.split(" | ")[0].removeprefix("| ") for line in lines[start:start + 3]] == ["BitFit", PREFIX, PROMPT]
 
 
+def test_compile_adds_compiled_training_rows(tmp_path):
+    """--compile: each method's training step also through torch.compile, against the same eager
+    reference and against minipeft's own eager step (backend aot_eager: no C++ build in the tests)."""
+    out = tmp_path / "results.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, BENCH, "--size", "tiny", "--only", "train", "--compile", "--compile-backend",
+                           "aot_eager", "--steps", "2", "--warmup", "0", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    methods = ("full FT", "BitFit", PREFIX, PROMPT)
+    compiled = [what for m in methods for what in (f"train step, {m}, compiled", f"train step, {m}, compiled vs own eager")]
+    assert [row["what"] for row in results["rows"]] == ROWS[:4] + compiled + ROWS[4:7]
+    assert results["config"]["compile"] == "aot_eager"
+    for m in ("full", "bitfit", "prefix", "prompt"):
+        t = results["train"][m]
+        assert t["compiled_ms"] > 0 and t["compiled_to_eager"] > 0 and t["compiled_paired_ratio"] > 0
+
+
 def test_checkpointing_model_must_be_layers_x_width(capsys):
     import importlib.util
     spec = importlib.util.spec_from_file_location("bench", BENCH)

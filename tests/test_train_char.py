@@ -196,9 +196,31 @@ def test_help_explains_every_flag():
     parser = load_script().build_parser()
     text = parser.format_help()
     for flag in ("--data", "--steps", "--batch-size", "--block-size", "--lr", "--eval-every", "--device", "--seed",
-                 "--out", "--resume", "--sample-length"):
+                 "--out", "--resume", "--sample-length", "--compile"):
         assert flag in text
     assert all(a.help for a in parser._actions)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_compile_flag_pretrains_and_fine_tunes_through_torch_compile(tmp_path, text_file, monkeypatch):
+    """--compile: the pretraining model and each method on each task train through torch.compile;
+    the weights and adapters equal an eager run's to 1e-5 (backend aot_eager: inductor's graph,
+    without minutes of C++ compilation)."""
+    compiled = []
+    compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **k: compiled.append(type(m).__name__) or compile(m, backend="aot_eager"))
+    argv = ["--data", text_file, "--steps", "2", "--eval-every", "2", *TINY, "--sample-length", "0",
+            "--method", "bitfit", "--ft-steps", "2", "--ft-examples", "8"]
+    assert exit_status(load_script().main, *argv, "--out", tmp_path / "eager") == 0
+    assert not compiled
+    assert exit_status(load_script().main, *argv, "--out", tmp_path / "compiled", "--compile") == 0
+    assert compiled == ["GPT", "BitFit", "BitFit"]  # pretraining, then BitFit on each task
+    paths = ["model/model.safetensors", "adapters/e2e/bitfit.safetensors", "adapters/sentiment/bitfit.safetensors"]
+    for path in paths:
+        eager, got = (safetensors.load(tmp_path / run / path)[0] for run in ("eager", "compiled"))
+        assert eager.keys() == got.keys()
+        for k in eager:
+            torch.testing.assert_close(got[k], eager[k], atol=1e-5, rtol=1e-5, msg=f"{path}: {k}")
 
 
 def test_default_corpus_is_english_text_and_deterministic():

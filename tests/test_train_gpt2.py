@@ -263,6 +263,24 @@ def test_checkpointing_flag_turns_it_on_and_trains_the_same(tmp_path, monkeypatc
     assert_same_run(tmp_path / "plain", tmp_path / "checkpointed")
 
 
+def test_compile_flag_trains_through_torch_compile_to_the_same_adapter(tmp_path, monkeypatch):
+    """--compile trains through torch.compile(module); the adapter equals an eager run's to 1e-5.
+    (backend aot_eager: the same graph inductor gets, without minutes of C++ compilation)"""
+    assert parse([*TINY, "--compile"]).compile and not parse(TINY).compile
+    compiled = []
+    compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **k: compiled.append(m) or compile(m, backend="aot_eager", fullgraph=True))
+    common = [*TINY, "--method", "prefix", "--steps", "2"]
+    assert main(*common, "--out", tmp_path / "eager") == 0
+    assert not compiled
+    assert main(*common, "--out", tmp_path / "compiled", "--compile") == 0
+    assert len(compiled) == 1 and isinstance(compiled[0], PrefixTuning)
+    eager, got = (safetensors.load(os.path.join(tmp_path / o, "adapter.safetensors"))[0] for o in ("eager", "compiled"))
+    assert eager.keys() == got.keys()
+    for k in eager:
+        torch.testing.assert_close(got[k], eager[k], atol=1e-5, rtol=1e-5)
+
+
 def files_of(out):
     """{relative path: bytes} of every file under out."""
     return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
@@ -337,5 +355,5 @@ def test_help_explains_every_flag():
     text = parser.format_help()
     for flag in ("--model", "--init", "--method", "--terms", "--n-prefix", "--no-reparam", "--hidden", "--n-prompt",
                  "--prompt-init", "--data", "--max-length", "--no-truncate", "--steps", "--batch-size", "--lr", "--device", "--checkpointing",
-                 "--seed", "--out", "--resume", "--save-every"):
+                 "--compile", "--seed", "--out", "--resume", "--save-every"):
         assert flag in text

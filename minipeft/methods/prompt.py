@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import Adapter, class_scores, model_dtype
-from ..checks import check_gpt_call, check_token_ids
+from ..checks import check_gpt_call, check_token_ids, reading_values
 from ..errors import MiniPeftError
 
 TOP_VOCAB = 5000
@@ -135,7 +135,7 @@ class PromptTuning(Adapter):
         B, T = check_gpt_call(model, input_ids, attention_mask, prefix=prefix, prompt=prompt, positions=positions)  # read below: checked first
         if B < 2 or (model.training and model.config.any_dropout):
             return False
-        if positions == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all()):
+        if not reading_values() or (positions == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all())):
             return False
         if prefix is not None and any(t.shape[0] != 1 for pair in prefix for t in pair):
             return False

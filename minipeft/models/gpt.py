@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import IGNORE, check_decoding, check_generate_room, check_gpt_call, check_gpt_config, check_ids, check_labels
+from ..checks import (IGNORE, check_decoding, check_generate_room, check_gpt_call, check_gpt_config, check_ids, check_labels,
+                      reading_values)
 from ..errors import MiniPeftError
 from ..speed import linear, linear_cross_entropy
 from .generation import decode
@@ -216,14 +217,14 @@ class GPT(nn.Module):
         n_prefix = 0 if prefix is None else prefix[0][0].shape[2]
         prefix_mask = None if prefix_mask is None else prefix_mask.bool()
         positions = self._positions(valid, S, cache, n_prefix, prefix_mask, infix_at, positions)  # [B or 1, P + T]
-        if int(positions.max()) >= self.config.n_positions:                # refused before any computation
+        if reading_values() and int(positions.max()) >= self.config.n_positions:  # refused before any computation
             raise MiniPeftError(f"sequence needs position {int(positions.max())} but the context is "
                                 f"{self.config.n_positions} (prefix {n_prefix} + prompt {n_prompt} + tokens)")
         key_valid = valid if cache is None else cache.append_mask(valid)    # [B, S] every key so far
 
         # one mask for all layers; SDPA's own causal path when nothing needs a mask
         mask, is_causal = None, False
-        if bool(key_valid.all()) and prefix_mask is None and infix_at is None and (n_query == 1 or (n_prefix == 0 and S == n_query)):
+        if reading_values() and bool(key_valid.all()) and prefix_mask is None and infix_at is None and (n_query == 1 or (n_prefix == 0 and S == n_query)):
             is_causal = n_query > 1                                         # (one query sees every key)
         else:
             mask = build_mask(key_valid, n_query, n_prefix=n_prefix, prefix_mask=prefix_mask, infix_at=infix_at)

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import IGNORE, check_decoding, check_ids, check_t5_call, check_t5_config, check_t5_labels
+from ..checks import IGNORE, check_decoding, check_ids, check_t5_call, check_t5_config, check_t5_labels, reading_values
 from ..errors import MiniPeftError
 from ..speed import linear, linear_cross_entropy
 from .generation import decode
@@ -220,7 +220,7 @@ class Stack(nn.Module):
         valid keys only (padding and unused prefix/prompt slots take none), so a row's bias is what
         it would be alone; with no padding they are the plain indices transformers uses, which
         "plain" uses always."""
-        if positions == "plain" or bool(key_valid.all()):
+        if positions == "plain" or (reading_values() and bool(key_valid.all())):
             pos = torch.arange(key_valid.shape[1], device=key_valid.device)[None]  # [1, S]
         else:
             pos = key_valid.long().cumsum(1) - 1                                    # [B, S]
@@ -238,7 +238,7 @@ class Stack(nn.Module):
         P = 0 if prefix is None else prefix[0][0].shape[2]
         slots = key_valid.new_ones(B, P) if prefix_mask is None else prefix_mask.expand(B, -1)
         mask = self.position_bias(torch.cat([slots, key_valid], 1), T, positions)  # [B or 1, H, T, P+S]
-        if not (bool(key_valid.all()) and prefix_mask is None and (not self.is_decoder or T == 1)):
+        if not (reading_values() and bool(key_valid.all()) and prefix_mask is None and (not self.is_decoder or T == 1)):
             allowed = build_mask(key_valid, T, n_prefix=P, prefix_mask=prefix_mask, causal=self.is_decoder)  # [B, 1, T, P+S]
             mask = torch.where(allowed, mask, float("-inf"))                    # masked keys get zero weight
         checkpoint = checkpointing and cache is None                        # (not decoding: a rerun would write the cache again)
@@ -408,7 +408,7 @@ class T5(nn.Module):
             P = cross_prefix[0][0].shape[2]
             slots = enc_valid.new_ones(B, P) if "cross" not in prefix_mask else prefix_mask["cross"].bool().expand(B, -1)
             enc_valid = torch.cat([slots, enc_valid], dim=1)
-        cross_mask = None if bool(enc_valid.all()) else enc_valid[:, None, None, :]  # [B, 1, 1, Pc+S], no position bias
+        cross_mask = None if reading_values() and bool(enc_valid.all()) else enc_valid[:, None, None, :]  # [B, 1, 1, Pc+S], no position bias
         decoder_valid = prefix_mask.get("decoder")
         h = self.decoder(x, key_valid, prefix=prefix.get("decoder"), prefix_mask=None if decoder_valid is None else decoder_valid.bool(),
                          cache=cache, cross_kv=cross_kv, cross_mask=cross_mask, cross_prefix=cross_prefix, positions=positions,

@@ -139,13 +139,15 @@ def _pad(rows, value, left=False):
     return ids, mask
 
 
-def loss_of(module, tensors, codec):
-    """Mean completion loss of one batch for a model or adapter."""
+def loss_of(module, tensors, codec, forward=None):
+    """Mean completion loss of one batch for a model or adapter; forward: what to call instead of
+    module (torch.compile(module))."""
+    forward = module if forward is None else forward
     if codec.arch == "t5":
         ids, mask, labels = tensors
-        return module(ids, attention_mask=mask, labels=labels)
+        return forward(ids, attention_mask=mask, labels=labels)
     ids, mask, labels, starts = tensors
-    return module(ids, mask, labels=labels, **_infix(module, starts))
+    return forward(ids, mask, labels=labels, **_infix(module, starts))
 
 
 def _infix(module, starts):
@@ -158,9 +160,10 @@ def _infix(module, starts):
 
 
 def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=MAX_LEN, seed=0, device="cpu", desc=None,
-             log_every=10, on_step=None):
+             log_every=10, on_step=None, compile=False):
     """Train `module` on (prompt, completion) pairs with loop.train; returns the loss curve [(step, loss)].
     on_step(step, loss): called after each update (e.g. to evaluate; it must leave the module in train mode).
+    compile: train through torch.compile(module) (the same parameters; evaluation stays eager).
 
     Batches are a deterministic function of (seed, step). Stops with Diverged (a MiniPeftError) on
     a non-finite loss, before that step's update: the module keeps its last good state.
@@ -170,11 +173,12 @@ def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=MAX_LEN,
     if not any(p.requires_grad for p in module.parameters()):
         return curve                                             # "frozen": nothing to train
     max_len = fit(module, max_len)
+    forward = torch.compile(module) if compile else module
 
     def loss_at(step):
         g = torch.Generator().manual_seed(step_seed(seed, step))
         picks = torch.randint(len(train), (batch_size,), generator=g).tolist()
-        return loss_of(module, batch([train[i] for i in picks], codec, max_len, device), codec)
+        return loss_of(module, batch([train[i] for i in picks], codec, max_len, device), codec, forward)
 
     def log(step, loss):
         if step % log_every == 0 or step == steps - 1:
