@@ -435,13 +435,14 @@ def earlier_adapters(folder, methods):
     return [n for n in names if os.path.exists(os.path.join(folder, n))]
 
 
-def tune(method, task, train_set, codec, args, model_dir, labels):
-    """One method fine-tuned on one task from the pretrained model: (module, loss curve, seconds)."""
+def tune(method, task, plan, train_set, codec, args, model_dir, labels):
+    """One method fine-tuned on one task from the pretrained model, for plan = (steps, batch size):
+    (module, loss curve, seconds)."""
     torch.manual_seed(args.seed)
     model = load_saved_model(model_dir, args)
     options = {"prompt_init": "labels", "label_ids": [codec.encode(w) for w in labels]} if method == "prompt" else {}
     module = ft.make_method(method, model, **options)
-    steps, batch_size = task_plans(args)[task]
+    steps, batch_size = plan
     with ft.Timer() as timer:
         curve = ft.finetune(module, train_set, codec, steps=steps, lr=FT_PLANS[task]["lr"].get(method, 0.0),
                             batch_size=batch_size, seed=args.seed, device=args.device, desc=f"{method} {task}",
@@ -469,8 +470,8 @@ def compare(args, tokenizer):
         print(f"  {adapters}{os.sep} holds an earlier run's {', '.join(earlier)}: this run replaces them (another --out keeps them)")
     rows = []
     for method in args.methods:
-        e2e_module, e2e_curve, e2e_seconds = tune(method, "e2e", data["e2e"][0], codec, args, model_dir, labels)
-        sent_module, sent_curve, sent_seconds = tune(method, "sentiment", data["sentiment"][0], codec, args, model_dir, labels)
+        e2e_module, e2e_curve, e2e_seconds = tune(method, "e2e", plans["e2e"], data["e2e"][0], codec, args, model_dir, labels)
+        sent_module, sent_curve, sent_seconds = tune(method, "sentiment", plans["sentiment"], data["sentiment"][0], codec, args, model_dir, labels)
         sizes = [ft.save_for_task(m, method, os.path.join(adapters, task)) for task, m in (("e2e", e2e_module), ("sentiment", sent_module))]
         rows.append({"method": method, "trainable": count_parameters(p for p in e2e_module.parameters() if p.requires_grad),
                      "total": getattr(e2e_module, "model", e2e_module).num_parameters(),

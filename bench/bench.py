@@ -133,16 +133,18 @@ def save_reference(size, folder):
     hf_t5(size).save_pretrained(os.path.join(folder, "t5"))
 
 
+def load_ours(folder, kind, device):
+    """minipeft's model of folder/gpt or folder/t5, fp32, in train mode."""
+    model = minipeft.GPT if kind == "gpt" else minipeft.T5
+    return model.from_pretrained(os.path.join(folder, kind)).to(device).train()
+
+
 def load_pair(folder, kind, device):
     """(minipeft model, transformers model) with the same weights, fp32, in train mode."""
     transformers = _quiet_transformers()
-    if kind == "gpt":
-        ours = minipeft.GPT.from_pretrained(os.path.join(folder, "gpt"))
-        ref = transformers.GPT2LMHeadModel.from_pretrained(os.path.join(folder, "gpt"), dtype=torch.float32)
-    else:
-        ours = minipeft.T5.from_pretrained(os.path.join(folder, "t5"))
-        ref = transformers.T5ForConditionalGeneration.from_pretrained(os.path.join(folder, "t5"), dtype=torch.float32)
-    return ours.to(device).train(), ref.to(device).train()
+    reference = transformers.GPT2LMHeadModel if kind == "gpt" else transformers.T5ForConditionalGeneration
+    ref = reference.from_pretrained(os.path.join(folder, kind), dtype=torch.float32)
+    return load_ours(folder, kind, device), ref.to(device).train()
 
 
 def wrap_ours(model, method):
@@ -330,7 +332,7 @@ def bench_train(folder, size, device, steps, warmup, log, compiled=None):
         trainable[method] = {"minipeft": n_trainable(ours), "reference": n_trainable(ref)}
         fns.update({(method, impl): fn for impl, fn in step.items()})
         if compiled:
-            copy = wrap_ours(load_pair(folder, "gpt", device)[0], method)
+            copy = wrap_ours(load_ours(folder, "gpt", device), method)
             copy_adapter(ref, copy, method)
             step, _ = train_steps("gpt", copy, ref, size, device, compile=compiled)
             fns[(method, "compiled")] = step["minipeft"]
