@@ -214,13 +214,6 @@ def batch_at(train_set, step, args):
     return collate([train_set[i] for i in rows])
 
 
-def lr_at(step, args):
-    """Linear warmup to --lr over --warmup steps, then linear decay to 0 at --steps."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    return args.lr * max(0.0, (args.steps - step) / max(1, args.steps - args.warmup))
-
-
 # ---- evaluation -------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -347,8 +340,8 @@ def train(module, optimizer, train_set, start, base, args):
         ids, labels = (t.to(args.device) for t in batch_at(train_set, i, args))
         return step(ids, labels=labels)
 
-    loop.train(module, optimizer, loss_at, args.stop_at or args.steps, start=start, lr_at=lambda step: lr_at(step, args),
-               clip=1.0, save=lambda done: save_state(module, optimizer, done, base, args), save_every=args.save_every,
+    loop.train(module, optimizer, loss_at, args.stop_at or args.steps, start=start,
+               lr_at=loop.linear_decay(args.lr, args.steps, args.warmup), clip=1.0, save=lambda done: save_state(module, optimizer, done, base, args), save_every=args.save_every,
                desc=f"train {args.method}")
 
 

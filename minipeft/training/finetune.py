@@ -160,8 +160,10 @@ def _infix(module, starts):
 
 
 def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=MAX_LEN, seed=0, device="cpu", desc=None,
-             log_every=10, on_step=None, compile=False):
+             log_every=10, on_step=None, compile=False, decay=False):
     """Train `module` on (prompt, completion) pairs with loop.train; returns the loss curve [(step, loss)].
+    decay: warm up over the first 5% of the steps, then decay linearly to 0 (loop.linear_decay);
+    False: a constant lr, as the experiments train.
     on_step(step, loss): called after each update (e.g. to evaluate; it must leave the module in train mode).
     compile: train through torch.compile(module) (the same parameters; evaluation stays eager).
 
@@ -187,7 +189,8 @@ def finetune(module, train, codec, *, steps, lr, batch_size=16, max_len=MAX_LEN,
             on_step(step, loss)
 
     try:
-        loop.train(module, make_optimizer(module, lr), loss_at, steps, on_step=log, desc=desc)
+        lr_at = loop.linear_decay(lr, steps, max(1, steps // 20)) if decay else None
+        loop.train(module, make_optimizer(module, lr), loss_at, steps, lr_at=lr_at, on_step=log, desc=desc)
     except loop.NonFiniteLoss as e:
         raise Diverged(f"{e}; lower the learning rate (now {lr})") from None
     module.eval()

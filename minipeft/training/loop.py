@@ -16,6 +16,16 @@ class NonFiniteLoss(MiniPeftError):
     """The loss (or the gradient) became inf or nan; the step's update was not made."""
 
 
+def linear_decay(lr, steps, warmup):
+    """lr_at(step) of the usual fine-tuning schedule: linear warmup to lr over `warmup` steps, then
+    linear decay to 0 at `steps` (the prefix-tuning paper's; train_gpt2.py's)."""
+    def lr_at(step):
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * max(0.0, (steps - step) / max(1, steps - warmup))
+    return lr_at
+
+
 def train(module, optimizer, loss_at, steps, *, start=0, lr_at=None, clip=None, on_step=None, save=None,
           save_every=None, desc=None):
     """Optimizer steps start .. steps - 1 on module's trainable parameters; returns steps.

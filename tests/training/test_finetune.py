@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from minipeft import GPT, T5, GPTConfig, MiniPeftError, T5Config
 from minipeft.training import finetune as ft
+from minipeft.training.state import make_optimizer
 from minipeft.models.t5 import shift_right
 from minipeft.io.tokenizer import CharTokenizer
 from minipeft.training.tasks import e2e, sentiment
@@ -31,6 +32,18 @@ def test_on_step_sees_every_step_and_the_loss_the_curve_logs():
                         on_step=lambda step, loss: seen.append((step, loss)))
     assert [s for s, _ in seen] == [0, 1, 2, 3, 4]
     assert curve == [seen[0], seen[2], seen[4]]
+
+
+def test_decay_warms_up_over_5_percent_of_the_steps_then_decays_linearly_to_zero(monkeypatch):
+    codec = ft.Codec(CHARS, "gpt")
+    model = GPT(GPTConfig(vocab_size=codec.vocab_size, n_positions=128, n_embd=32, n_layer=1, n_head=2))
+    made, rates = [], []
+    monkeypatch.setattr(ft, "make_optimizer", lambda module, lr: made.append(make_optimizer(module, lr)) or made[-1])
+    ft.finetune(model, ft.pairs("sentiment", 8, 0), codec, steps=40, lr=1e-3, batch_size=2, decay=True,
+                on_step=lambda step, loss: rates.append(made[0].param_groups[0]["lr"]))
+    # 2 warmup steps (5% of 40): 1/2, 2/2 of the rate; then (40 - step) / 38 of it, down to 1/38 at step 39
+    assert rates[:4] == pytest.approx([0.5e-3, 1e-3, 1e-3, 1e-3 * 37 / 38])
+    assert rates[-1] == pytest.approx(1e-3 / 38) and len(rates) == 40
 
 
 def _summed_completion_loss(model, pair, codec):
