@@ -7,6 +7,7 @@
     python train_gpt2.py --init tiny --method bitfit --steps 20         # a random tiny GPT-2 (no download)
     python train_gpt2.py --model gpt2 --method bitfit --max-length 1024 --checkpointing   # less memory
     python train_gpt2.py --model gpt2 --method prefix --compile         # torch.compile: faster steps after the first
+    torchrun --nproc_per_node=2 train_gpt2.py --model gpt2 --method bitfit --batch-size 16   # 2 processes, 8 each
 
 --model is a folder in the Hugging Face layout (config.json + model.safetensors or
 pytorch_model.bin, as `huggingface-cli download gpt2 config.json model.safetensors --local-dir gpt2`
@@ -26,6 +27,11 @@ the new run has loaded its model and data), or pass another --out. Each step's b
 that is stopped and resumed ends with the same weights as one that ran straight through.
 Ctrl-C finishes the current step, saves state.pt and exits; a second Ctrl-C stops at once.
 A non-finite loss or gradient stops the run with state.pt left at the last good save.
+
+Under torchrun (minipeft/training/distributed.py) each process trains on its slice of every
+batch with DistributedDataParallel (gloo on CPU, nccl on CUDA, one GPU per process): --batch-size
+is the global batch, so 1 or N processes reach the same weights; only the trainable tensors'
+gradients are all-reduced (the run prints how many bytes per step); rank 0 alone prints and writes.
 """
 
 import argparse
@@ -44,7 +50,7 @@ from minipeft.training.finetune import n_targets
 from minipeft.training.textdata import collate, load_examples, pair_examples, split
 from minipeft.training.tasks import e2e
 from minipeft.io.tokenizer import gpt2_tokenizer
-from minipeft.training import cli, loop
+from minipeft.training import cli, distributed, loop
 from minipeft.training.state import make_optimizer, read_training_state, restore_training_state, save_training_state, step_seed
 
 STATE_FILE = "state.pt"
@@ -99,6 +105,8 @@ def build_parser():
     t.add_argument("--seed", type=int, default=1337, help="seed for the adapter's init and the batch order")
     t.add_argument("--out", default="runs/gpt2", help="folder for the adapter/model and state.pt")
     t.add_argument("--save-every", type=int, default=100, help="write state.pt every N steps (and at the end)")
+    t.add_argument("--log-every", type=int, default=50, help="print the training loss every N steps (on N processes: "
+                   "the loss of the whole global batch)")
     t.add_argument("--resume", action="store_true", help="continue from --out/state.pt up to --steps")
     t.add_argument("--overwrite", action="store_true", help="replace the earlier run in --out (without it, such an "
                    "--out is refused)")
@@ -119,7 +127,7 @@ def check_args(parser, args):
         parser.error("give --model or --init tiny, not both")
     if args.model is not None and not os.path.exists(args.model):
         parser.error(f"--model {args.model}: no such file or folder; {GET_MODEL}")
-    for name in ("steps", "batch_size", "save_every", "eval_examples", "n_prefix", "hidden", "n_prompt", "n_examples"):
+    for name in ("steps", "batch_size", "save_every", "log_every", "eval_examples", "n_prefix", "hidden", "n_prompt", "n_examples"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     for name in ("samples", "sample_tokens"):
@@ -129,6 +137,10 @@ def check_args(parser, args):
         parser.error(f"--max-length must be at least 2 (one token to read, one to predict), got {args.max_length}")
     if args.resume and args.overwrite:
         parser.error("give --resume (continue the run in --out) or --overwrite (replace it), not both")
+    world = distributed.world_size()
+    if args.batch_size % world:
+        parser.error(f"--batch-size {args.batch_size} is the global batch, split over the {world} processes torchrun "
+                     f"started: give a multiple of {world}")
     cli.check_run_args(parser, args, STATE_FILE)
     earlier = earlier_run(args.out)
     if earlier and not (args.resume or args.overwrite):
@@ -196,9 +208,10 @@ def build_method(model, tokenizer, args):
     return PromptTuning(model, args.n_prompt, args.prompt_init, text_ids=text_ids, seed=args.seed)
 
 
-def build_data(tokenizer, args):
-    """(train, held-out) examples from --data or the built-in table-to-text task."""
-    warn = lambda message: tqdm.write(f"warning: {message}", file=sys.stderr)  # noqa: E731
+def build_data(tokenizer, args, ranks):
+    """(train, held-out) examples from --data or the built-in table-to-text task (every rank reads
+    them all; rank 0 alone warns)."""
+    warn = lambda message: tqdm.write(f"warning: {message}", file=sys.stderr) if ranks.main else None  # noqa: E731
     if args.data:
         examples = load_examples(args.data, tokenizer, args.max_length, truncate=not args.no_truncate, warn=warn)
     else:
@@ -208,10 +221,10 @@ def build_data(tokenizer, args):
 
 
 def batch_at(train_set, step, args):
-    """The batch of a step: a function of (--seed, step) only, so a resumed run draws what a straight run would."""
+    """The examples of a step's (global) batch: a function of (--seed, step) only, so a resumed run
+    draws what a straight run would, on any number of processes."""
     g = torch.Generator().manual_seed(step_seed(args.seed, step))
-    rows = torch.randint(len(train_set), (args.batch_size,), generator=g).tolist()
-    return collate([train_set[i] for i in rows])
+    return [train_set[i] for i in torch.randint(len(train_set), (args.batch_size,), generator=g).tolist()]
 
 
 # ---- evaluation -------------------------------------------------------------------------------------
@@ -331,38 +344,71 @@ def save_result(module, args):
 
 # ---- training ---------------------------------------------------------------------------------------
 
-def train(module, optimizer, train_set, start, base, args):
-    """Steps start .. --steps (or --stop-at) with minipeft.training.loop. state.pt is written every
-    --save-every steps and at the end; never after a non-finite loss or gradient."""
-    step = torch.compile(module) if args.compile else module  # the same parameters: the optimizer and saves use module
+def train(module, optimizer, train_set, start, base, ranks, args):
+    """Steps start .. --steps (or --stop-at) with minipeft.training.loop, on this process's share of
+    each batch (all of it on one process). state.pt is written every --save-every steps and at the
+    end, by rank 0; never after a non-finite loss or gradient."""
+    step = ranks.wrap(module)                          # DDP on several processes; the same parameters:
+    step = torch.compile(step) if args.compile else step   # the optimizer and saves use module
 
     def loss_at(i):
-        ids, labels = (t.to(args.device) for t in batch_at(train_set, i, args))
-        return step(ids, labels=labels)
+        examples = batch_at(train_set, i, args)
+        ids, labels = (t.to(args.device) for t in collate(ranks.share(examples)))
+        n_all = n_targets(collate(examples)[1], "gpt") if ranks.world > 1 else None
+        return ranks.part(step(ids, labels=labels), n_targets(labels, "gpt"), n_all)
 
     loop.train(module, optimizer, loss_at, args.stop_at or args.steps, start=start,
-               lr_at=loop.linear_decay(args.lr, args.steps, args.warmup), clip=1.0, save=lambda done: save_state(module, optimizer, done, base, args), save_every=args.save_every,
-               desc=f"train {args.method}")
+               lr_at=loop.linear_decay(args.lr, args.steps, args.warmup), clip=1.0,
+               save=lambda done: save_state(module, optimizer, done, base, args), save_every=args.save_every,
+               on_step=lambda i, loss: log(i, loss, ranks, args), desc=f"train {args.method}", ranks=ranks)
+    return (args.stop_at or args.steps) - start
+
+
+def log(step, loss, ranks, args):
+    """Every --log-every steps (and at the last), rank 0 prints the step's training loss."""
+    if ranks.main and ((step + 1) % args.log_every == 0 or step + 1 == args.steps):
+        tqdm.write(f"step {step + 1}: train loss {loss:.6f}")
+
+
+def print_reduced(per_step, model):
+    """The gradient bytes all-reduced per step, beside what full fine-tuning would send (every parameter's)."""
+    full = sum(p.numel() * p.element_size() for p in model.parameters())
+    print(f"gradients all-reduced per step: {per_step:,.0f} bytes ({per_step / full:.2%} of full fine-tuning's {full:,})")
 
 
 def run(args):
+    with distributed.start(args.device) as ranks, distributed.quiet_unless_main(ranks):
+        args.device = str(ranks.device)   # torchrun on CUDA: this rank's cuda:LOCAL_RANK
+        train_and_report(ranks, args)
+
+
+def train_and_report(ranks, args):
     model, tokenizer = load_model(args)
     set_max_length(args, model)
     base = fingerprint(model)
-    train_set, val_set = build_data(tokenizer, args)
+    train_set, val_set = build_data(tokenizer, args, ranks)
     module = build_method(model, tokenizer, args)
     optimizer = make_optimizer(module, args.lr)
     start = resume(module, optimizer, base, args) if args.resume else 0
-    if args.overwrite:
+    ranks.own_dropout(args.seed, start)
+    if args.overwrite and ranks.main:
         remove_earlier_run(args)
     what = module.report() if isinstance(module, Adapter) else f"trainable {model.num_parameters():,} (all)"
     print(f"{args.method}: {what}; {len(train_set):,} training / {len(val_set):,} held-out examples, "
           f"max length {args.max_length}, lr {args.lr:g}")
-    report(module, tokenizer, val_set, args, "before" if start == 0 else f"at step {start}")
+    if ranks.world > 1:
+        print(f"training on {ranks.world} processes ({ranks.backend}): {args.batch_size // ranks.world} examples each "
+              f"per step, {args.batch_size} in all (--batch-size is the global batch)")
+    if ranks.main:
+        report(module, tokenizer, val_set, args, "before" if start == 0 else f"at step {start}")
     if start >= (args.stop_at or args.steps):
         print(f"{STATE_FILE} is already at step {start}; nothing to train")
     else:
-        train(module, optimizer, train_set, start, base, args)
+        steps = train(module, optimizer, train_set, start, base, ranks, args)
+        if ranks.world > 1:
+            print_reduced(ranks.reduced_bytes / steps, model)
+    if not ranks.main:
+        return
     report(module, tokenizer, val_set, args, "after")
     state = ("training state", os.path.join(args.out, STATE_FILE))
     if (args.stop_at or args.steps) < args.steps:

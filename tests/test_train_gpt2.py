@@ -20,6 +20,7 @@ import torch.utils.checkpoint
 from minipeft import GPT, BitFit, PrefixTuning, PromptTuning
 from minipeft.io import safetensors
 from tests.methods_common import exit_status
+from minipeft.training.distributed import Ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "train_gpt2.py")
@@ -102,7 +103,7 @@ def held_out_loss(module, argv):
     """The script's own held-out loss for `module`, with the data and settings of argv."""
     args = parse(argv)
     train_gpt2.set_max_length(args, module.model if hasattr(module, "model") else module)
-    _, val_set = train_gpt2.build_data(train_gpt2.gpt2_tokenizer(), args)
+    _, val_set = train_gpt2.build_data(train_gpt2.gpt2_tokenizer(), args, Ranks())
     return train_gpt2.evaluate(module, val_set, args)
 
 
@@ -228,6 +229,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--data", "missing.jsonl"], "missing.jsonl: no such file"),
     (["--steps", "0"], "--steps must be a positive integer"),
+    (["--log-every", "0"], "--log-every must be a positive integer"),
     (["--lr", "-1"], "--lr must be a positive number"),
     (["--max-length", "1000"], "exceeds the model's context of 64"),
     (["--method", "bitfit", "--terms", "query,bogus"], "unknown BitFit term"),
@@ -357,3 +359,59 @@ def test_help_explains_every_flag():
                  "--prompt-init", "--data", "--max-length", "--no-truncate", "--steps", "--batch-size", "--lr", "--device", "--checkpointing",
                  "--compile", "--seed", "--out", "--resume", "--save-every"):
         assert flag in text
+
+
+# ---- torchrun: several processes ------------------------------------------------------------------
+
+def torchrun(*args, module=None):
+    """`torchrun --standalone --nproc_per_node=2` of the script (or of a test module) from the
+    repository root: the CompletedProcess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    target = ["-m", module] if module else [SCRIPT]
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           *target, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def train_losses(stdout):
+    return [float(x) for x in re.findall(r"step \d+: train loss ([\d.]+)", stdout)]
+
+
+def test_torchrun_trains_as_one_process_with_the_same_global_batch_and_resumes(tmp_path, capsys):
+    """Two processes (gloo), stopped after 2 of 4 steps and resumed: the same training losses and
+    adapter as one process straight through; rank 0 alone prints and writes; the gradient bytes
+    all-reduced per step are the prefix's trainable tensors'."""
+    common = [*TINY, "--method", "prefix", "--steps", "4", "--batch-size", "4", "--log-every", "1"]
+    assert main(*common, "--out", tmp_path / "one") == 0
+    one = capsys.readouterr().out
+    first = torchrun(*common, "--out", str(tmp_path / "two"), "--stop-at", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not (tmp_path / "two" / "adapter.safetensors").exists()
+    second = torchrun(*common, "--out", str(tmp_path / "two"), "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "training on 2 processes (gloo): 2 examples each per step, 4 in all" in first.stdout
+    assert first.stdout.count("eval loss before") == 1                  # rank 0 alone speaks
+    assert train_losses(first.stdout) + train_losses(second.stdout) == pytest.approx(train_losses(one), abs=1e-6)
+    a, b = (safetensors.load(os.path.join(tmp_path, o, "adapter.safetensors"))[0] for o in ("one", "two"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    adapter = train_gpt2.build_method(*train_gpt2.load_model(parse([*common, "--out", str(tmp_path / "x")])), parse(common))
+    trainable = sum(p.numel() * 4 for p in adapter.parameters() if p.requires_grad)
+    assert f"gradients all-reduced per step: {trainable:,} bytes" in second.stdout
+
+
+def test_torchrun_refuses_a_global_batch_that_does_not_split_over_the_processes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(*TINY, "--batch-size", "3", "--out", tmp_path / "out") == 2
+    assert ("--batch-size 3 is the global batch, split over the 2 processes torchrun started: give a multiple of 2"
+            in capsys.readouterr().err)
+
+
+def test_a_rank_that_fails_ends_the_run_with_its_message_and_no_rank_left_waiting(tmp_path):
+    run = torchrun(*TINY, "--method", "bitfit", "--steps", "50", "--batch-size", "2", "--out", str(tmp_path / "out"),
+                   module="tests.failing_rank")
+    assert run.returncode != 0                                           # and it returned: nothing hangs
+    assert "[rank 1]: error: rank 1 could not read its batch at step 3" in run.stderr, run.stderr[-3000:]
+    assert "[rank 0]: error: another process of this run stopped, see its message" in run.stderr, run.stderr[-3000:]
+    assert "[rank0]: Traceback" not in run.stderr
+    assert not (tmp_path / "out" / "adapter.safetensors").exists()

@@ -11,6 +11,7 @@ import os
 import torch
 
 from ..errors import MiniPeftError
+from .distributed import world_size
 from .loop import NonFiniteLoss
 
 
@@ -20,8 +21,11 @@ class Interrupted(KeyboardInterrupt):
 
 
 def run_script(parser, args, run, state_file):
-    """run(args) as a training script's main: any error ends it with one line and an exit status."""
+    """run(args) as a training script's main: any error ends it with one line and an exit status
+    (under torchrun the line names the rank: "train_gpt2.py [rank 1]: error: ...")."""
     state = os.path.join(args.out, state_file)
+    if world_size() > 1:
+        parser.prog = f"{parser.prog} [rank {os.environ.get('RANK', '?')}]"
     try:
         run(args)
     except NonFiniteLoss as e:

@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import MiniPeftError
+from .distributed import Ranks
 from .state import CtrlC
 
 
@@ -27,7 +28,7 @@ def linear_decay(lr, steps, warmup):
 
 
 def train(module, optimizer, loss_at, steps, *, start=0, lr_at=None, clip=None, on_step=None, save=None,
-          save_every=None, desc=None):
+          save_every=None, desc=None, ranks=None):
     """Optimizer steps start .. steps - 1 on module's trainable parameters; returns steps.
 
     loss_at(step)  the loss of that step's batch, a function of the step alone (so a resumed run
@@ -38,14 +39,20 @@ def train(module, optimizer, loss_at, steps, *, start=0, lr_at=None, clip=None, 
     save(done)     writes a state that resumes at step `done`: every save_every steps (if given),
                    after the last step and when Ctrl-C asks to stop
     desc           the progress bar's label (None: no bar)
+    ranks          distributed.Ranks when several processes train together (torchrun): loss_at
+                   returns this rank's part of the step's loss (through the DDP-wrapped module);
+                   the loss logged, the non-finite check and a Ctrl-C stop are decided on the
+                   ranks' sum, so all of them stop together; only rank 0 shows the bar and saves
 
     A non-finite loss or gradient raises NonFiniteLoss before that step's update, and nothing is
     saved after it: the last save is a good one. A first Ctrl-C stops after the current step (see
     state.CtrlC), saves, and raises KeyboardInterrupt.
     """
+    ranks = ranks or Ranks()
     params = [p for p in module.parameters() if p.requires_grad]
     module.train()
-    with CtrlC() as ctrl_c, tqdm(total=steps, initial=start, desc=desc, disable=desc is None, dynamic_ncols=True) as bar:
+    with CtrlC() as ctrl_c, tqdm(total=steps, initial=start, desc=desc, disable=desc is None or not ranks.main,
+                                 dynamic_ncols=True) as bar:
         for step in range(start, steps):
             if lr_at is not None:
                 for group in optimizer.param_groups:
@@ -54,7 +61,7 @@ def train(module, optimizer, loss_at, steps, *, start=0, lr_at=None, clip=None, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip is not None else None
-            value = loss.item()
+            value, stops = ranks.sum(loss.detach(), ctrl_c.requested)   # one process: loss.item()
             if not math.isfinite(value) or (grad_norm is not None and not torch.isfinite(grad_norm)):
                 what = "loss" if not math.isfinite(value) else "gradient"
                 raise NonFiniteLoss(f"non-finite {what} ({value}) at step {step + 1}")
@@ -64,8 +71,8 @@ def train(module, optimizer, loss_at, steps, *, start=0, lr_at=None, clip=None, 
             if on_step is not None:
                 on_step(step, value)
             done = step + 1
-            if save is not None and ((save_every and done % save_every == 0) or done == steps or ctrl_c.requested):
+            if save is not None and ranks.main and ((save_every and done % save_every == 0) or done == steps or stops):
                 save(done)
-            if ctrl_c.requested:
+            if stops:
                 raise KeyboardInterrupt
     return steps

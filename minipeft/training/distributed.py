@@ -1,0 +1,141 @@
+"""Training on several processes at once: torchrun, torch.distributed and DistributedDataParallel.
+
+    torchrun --nproc_per_node=2 train_gpt2.py --model gpt2 --method prefix --batch-size 16
+
+Each of the N processes (ranks) holds the whole model and computes the loss of its own slice of
+the step's batch; in backward the ranks add up their gradients, so every rank takes the same
+optimizer step, and the run ends with the weights one process would have reached:
+
+- **The batch stays the global batch.** --batch-size is split over the ranks (`Ranks.share`: a
+  contiguous slice each), and each rank's loss is its slice's mean weighted by its share of the
+  batch's target tokens (`Ranks.part`). The parts add up to the one-process loss, their gradients
+  to its gradient (summed by `sum_and_count`, not averaged as DDP does by default).
+- **Only what trains is sent.** DDP all-reduces the gradients of the parameters that require
+  them: BitFit's biases, the prefix (and its MLP), the prompt; never the frozen model.
+  `sum_and_count` counts the bytes, so a run can say what it sent beside full fine-tuning.
+- **Rank 0 speaks and writes.** Every rank reads the data and any state to resume; rank 0 alone
+  prints, shows progress and writes files (atomically, as one process does).
+
+gloo on CPU, nccl on CUDA (each rank on cuda:LOCAL_RANK). Without torchrun (no WORLD_SIZE in the
+environment) a run is one process, and nothing here communicates. A rank that fails exits; torchrun
+then stops the others and exits non-zero, so no rank is left waiting.
+"""
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import MiniPeftError
+
+
+class PeerFailed(MiniPeftError):
+    """Another rank of the run stopped (its own message says why), so this one cannot go on."""
+
+
+def world_size():
+    """How many processes train together: torchrun's WORLD_SIZE, 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclass
+class Ranks:
+    """This process's place among those training together (one process: rank 0 of 1)."""
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str = "none"           # gloo, nccl, or none (one process)
+    reduced_bytes: int = 0          # gradient bytes all-reduced so far (sum_and_count)
+
+    @property
+    def main(self):
+        """Rank 0: the one that prints and writes."""
+        return self.rank == 0
+
+    def share(self, rows):
+        """This rank's contiguous slice of a step's rows (the global batch; world divides its length)."""
+        n = len(rows) // self.world
+        return rows[self.rank * n:(self.rank + 1) * n]
+
+    def part(self, loss, n_mine, n_all):
+        """This rank's part of the batch's mean loss: loss (the mean over its n_mine target tokens)
+        weighted by n_mine / n_all, so the ranks' parts add up to the mean over all n_all."""
+        return loss if self.world == 1 else loss * (n_mine / n_all)
+
+    def sum(self, *values):
+        """Each value (a number or a 0-dim tensor) summed over the ranks, as floats: one all_reduce."""
+        if self.world == 1:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def own_dropout(self, seed, step):
+        """Ranks other than 0 reseed torch's RNG from (seed, step, rank). All ranks start from one
+        seed (the same initial weights), so without this every rank would draw rank 0's dropout
+        masks for its own rows. Rank 0 keeps its stream: it draws what one process would. (A run
+        resumed on N processes reseeds again, so with dropout its ranks > 0 draw other masks than
+        a straight run's; without dropout the two agree.)"""
+        if self.rank > 0:
+            torch.manual_seed((seed * 1_000_003 + step) * 1_009 + self.rank)
+
+    def wrap(self, module):
+        """module in DDP, its trainable gradients summed over the ranks in backward (module itself
+        on one process). Train through the wrapper; save, evaluate and resume the module."""
+        if self.world == 1:
+            return module
+        ddp = DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                      forward_sync_buffers=False)   # minipeft's buffers are constants
+        ddp.register_comm_hook(self, sum_and_count)
+        return ddp
+
+
+def sum_and_count(ranks, bucket):
+    """DDP's communication hook: all-reduce one bucket of gradients as a sum (DDP's own hook
+    divides by the world size; Ranks.part has weighted each rank's loss already), counting its bytes."""
+    grads = bucket.buffer()
+    ranks.reduced_bytes += grads.numel() * grads.element_size()
+    return dist.all_reduce(grads, async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
+@contextlib.contextmanager
+def start(device):
+    """The Ranks of this run, from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), with the
+    process group joined for the block and left after it; one process without torchrun.
+    device: the run's --device; on CUDA each rank takes cuda:LOCAL_RANK."""
+    device = torch.device(device)
+    if world_size() == 1:
+        yield Ranks(device=device)
+        return
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    try:
+        yield Ranks(dist.get_rank(), dist.get_world_size(), device, backend)
+    except RuntimeError as e:                  # a collective whose peer has gone: one line, not a traceback
+        if not lost_peer(e):
+            raise
+        raise PeerFailed("another process of this run stopped, see its message; this one stops too") from None
+    finally:
+        dist.destroy_process_group()
+
+
+def lost_peer(error):
+    """Whether a RuntimeError is a collective's failure because another rank went away."""
+    return isinstance(error, dist.DistError) or any(
+        w in str(error) for w in ("Connection closed by peer", "Connection reset by peer", "NCCL", "gloo"))
+
+
+@contextlib.contextmanager
+def quiet_unless_main(ranks):
+    """Standard output of ranks other than 0 discarded for the block (errors still reach stderr)."""
+    if ranks.main:
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield

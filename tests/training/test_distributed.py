@@ -1,0 +1,65 @@
+"""Training on two processes (torchrun, gloo on this CPU) is training on one: the same losses,
+gradients and trained tensors for the same global batch (minipeft.training.distributed)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minipeft.training.distributed import Ranks
+from tests.training import ddp_worker
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def torchrun(*args, timeout=240):
+    """`torchrun --standalone --nproc_per_node=2 ARGS` from the repository root: (status, stdout, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """Each case of ddp_worker.CASES trained on two processes: {case: (losses, grads, trained, bytes)}."""
+    out = tmp_path_factory.mktemp("ddp") / "results.pt"
+    status, stdout, stderr = torchrun("-m", "tests.training.ddp_worker", str(out))
+    assert status == 0, stderr[-3000:]
+    return torch.load(out)
+
+
+def is_key_bias(name):
+    """A key projection's bias: softmax ignores a shift shared by all keys, so its exact gradient is 0."""
+    return name.endswith("bias_key") or name.endswith(".k.bias")
+
+
+@pytest.mark.parametrize("case", ddp_worker.CASES, ids=["-".join(c) for c in ddp_worker.CASES])
+def test_two_processes_train_as_one_on_the_same_global_batch(case, two_processes):
+    losses, grads, trained, sent = two_processes[case]
+    torch.manual_seed(0)
+    one_losses, one_grads, one_trained, _ = ddp_worker.train(*case, Ranks())
+    assert losses == pytest.approx(one_losses, abs=1e-6)
+    assert grads.keys() == one_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], one_grads[name], rtol=0, atol=1e-6, msg=name)
+    # The trained tensors too, but for the key biases: their gradient is rounding noise (< 1e-7
+    # here), which Adam divides by its own size into steps of up to lr, different on 1 and 2 processes.
+    for name in trained:
+        if is_key_bias(name):
+            assert one_grads[name].abs().max() < 1e-7, name
+        else:
+            torch.testing.assert_close(trained[name], one_trained[name], rtol=0, atol=1e-6, msg=name)
+    # only what trains is all-reduced: each trainable tensor's fp32 gradient, once per step
+    assert sent == ddp_worker.STEPS * sum(t.numel() * t.element_size() for t in one_trained.values())
+
+
+def test_a_rank_shares_its_contiguous_slice_and_the_loss_parts_add_up_to_the_mean():
+    rows = list(range(8))
+    assert [Ranks(rank=r, world=2).share(rows) for r in (0, 1)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    loss_a, loss_b = torch.tensor(2.0), torch.tensor(5.0)              # means over 3 and 1 tokens
+    parts = [Ranks(rank=0, world=2).part(loss_a, 3, 4), Ranks(rank=1, world=2).part(loss_b, 1, 4)]
+    assert float(sum(parts)) == pytest.approx((2.0 * 3 + 5.0 * 1) / 4)
+    assert Ranks().part(loss_a, 3, 4) is loss_a                         # one process: the loss itself
