@@ -74,6 +74,11 @@ class BitFit(Adapter):
         frozen = frozen_biases(model)
         self.biases = nn.ParameterList(nn.Parameter(torch.zeros(widths[s], device=_device(model)) if frozen[s] is None
                                                     else frozen[s].detach().float().clone()) for s in self.slots)
+        # and a copy of the frozen bias to subtract, so that a call never reads the model's parameters
+        # outside the model's forward (sharded by FSDP there, they hold no values)
+        for i, s in enumerate(self.slots):
+            if frozen[s] is not None:
+                self.register_buffer(f"frozen_{i}", frozen[s].detach().clone(), persistent=False)
         d_model = model.input_embeddings().weight.shape[1]
         self.head = None if n_classes is None else nn.Linear(d_model, n_classes).to(_device(model))
 
@@ -82,11 +87,11 @@ class BitFit(Adapter):
 
     def model_kwargs(self, batch_size):
         """bias_delta {slot: own bias - frozen bias}, which the model adds back to its frozen bias."""
-        dtype, frozen = model_dtype(self.model), frozen_biases(self.model)
-        deltas = {}
-        for name, bias in zip(self.slots, self.biases):
+        dtype, deltas = model_dtype(self.model), {}
+        for i, (name, bias) in enumerate(zip(self.slots, self.biases)):
             bias = bias.to(dtype)  # fp32 -> a bf16/fp16 model's dtype (gradients flow back through the cast)
-            deltas[name] = bias if frozen[name] is None else bias - frozen[name]
+            frozen = getattr(self, f"frozen_{i}", None)
+            deltas[name] = bias if frozen is None else bias - frozen.to(dtype)
         return {"bias_delta": deltas}
 
     def adapter_state(self):

@@ -18,6 +18,7 @@ The prompt is fp32 whatever the model's dtype; it reaches a bf16/fp16 model cast
 
 import torch
 import torch.nn as nn
+from torch.distributed.fsdp import FSDPModule
 
 from .adapter import Adapter, class_scores, model_dtype
 from ..checks import check_gpt_call, check_token_ids, reading_values
@@ -125,7 +126,8 @@ class PromptTuning(Adapter):
         prompt, at most one prefix for all rows, no left padding with positions="real" (a leading
         pad would take its position after the prompt slots; with "plain" every slot keeps its
         index), no per-row slot masks, infix or bias deltas, no cache, no dropout drawing a different
-        mask per row, and everything within the context (else the plain path raises the clear error)."""
+        mask per row, and everything within the context (else the plain path raises the clear error).
+        Not under FSDP either: its blocks would run twice in one forward, which its resharding forbids."""
         model = self.model
         given = {k for k, v in kwargs.items() if v is not None and not (k == "bias_delta" and not v)}
         if model.arch != "gpt" or self.n_ensemble != 1 or not given <= {"attention_mask", "labels", "prefix", "positions"}:
@@ -133,7 +135,7 @@ class PromptTuning(Adapter):
         attention_mask, prefix = args[0] if args else kwargs.get("attention_mask"), kwargs.get("prefix")
         positions = kwargs.get("positions", "real")
         B, T = check_gpt_call(model, input_ids, attention_mask, prefix=prefix, prompt=prompt, positions=positions)  # read below: checked first
-        if B < 2 or (model.training and model.config.any_dropout):
+        if B < 2 or (model.training and model.config.any_dropout) or isinstance(model.h[0], FSDPModule):
             return False
         if not reading_values() or (positions == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all())):
             return False

@@ -16,6 +16,13 @@ optimizer step, and the run ends with the weights one process would have reached
 - **Rank 0 speaks and writes.** Every rank reads the data and any state to resume; rank 0 alone
   prints, shows progress and writes files (atomically, as one process does).
 
+**FSDP, for a model too large for one device** (`Ranks.shard`, PyTorch's fully_shard): each rank
+holds a 1/N shard of every tensor, gathered block by block for forward and backward. Every method
+works sharded, prompt tuning included (peft loses its embedding under ZeRO-3 / FSDP, peft #206 and
+#1633): nothing reads a sharded parameter outside its module's forward. Prompt tuning then takes
+its plain path (the shared-prompt shortcut would run each block twice in one forward), and BitFit
+subtracts its own copy of the frozen biases, not the model's.
+
 gloo on CPU, nccl on CUDA (each rank on cuda:LOCAL_RANK). Without torchrun (no WORLD_SIZE in the
 environment) a run is one process, and nothing here communicates. A rank that fails exits; torchrun
 then stops the others and exits non-zero, so no rank is left waiting.
@@ -27,6 +34,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import MiniPeftError
@@ -91,6 +100,30 @@ class Ranks:
                                       forward_sync_buffers=False)   # minipeft's buffers are constants
         ddp.register_comm_hook(self, sum_and_count)
         return ddp
+
+
+    def shard(self, module):
+        """module sharded in place with FSDP (fully_shard) over the ranks, for a model too large for
+        one device: each block's parameters (and the rest's, as the root unit) are split over the ranks,
+        gathered for that block's forward and backward, and the trainable ones' gradients summed
+        and scattered back to their shards. Build the optimizer after this: it steps the shards."""
+        base = getattr(module, "model", module)
+        # T5: the encoder's blocks only; the decoder's stay in the root unit, because T5.forward
+        # computes every decoder layer's cross-attention keys/values before the decoder runs
+        blocks = base.h if base.arch == "gpt" else base.encoder.blocks
+        for block in blocks:
+            fully_shard(block)
+        fully_shard(module)
+        for unit in module.modules():
+            if isinstance(unit, FSDPModule):
+                unit.set_gradient_divide_factor(1.0)      # a sum: Ranks.part has weighted each rank's loss
+                unit.set_force_sum_reduction_for_comms(True)   # as a plain SUM (gloo has no scaled sum)
+        return module
+
+
+def full(tensor):
+    """A whole tensor from an FSDP-sharded one (a collective: every rank calls it), else the tensor."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def sum_and_count(ranks, bucket):

@@ -6,6 +6,7 @@ tensors and the bytes all-reduced. `train` is also what the test runs on one pro
 import sys
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from minipeft.training import distributed, loop
 from minipeft.training import finetune as ft
@@ -32,12 +33,14 @@ def trainable(module):
     return {n: p for n, p in named.items() if p.requires_grad}
 
 
-def train(arch, method, ranks):
-    """(losses, first-step gradients, final trainable tensors, bytes all-reduced) of STEPS steps."""
+def train(arch, method, ranks, how="ddp"):
+    """(losses, first-step gradients, final trainable tensors, bytes all-reduced, the share of the
+    parameters this rank holds) of STEPS steps,
+    with DDP (how="ddp") or FSDP ("fsdp") on several processes."""
     module = build(arch, method)
     sent_before = ranks.reduced_bytes
     codec = ft.Codec(CHARS, arch)
-    forward = ranks.wrap(module)
+    forward = ranks.wrap(module) if how == "ddp" or ranks.world == 1 else ranks.shard(module)
     grads = {}
 
     def loss_at(step):
@@ -49,17 +52,19 @@ def train(arch, method, ranks):
 
     def on_step(step, loss):
         if step == 0:
-            grads.update({n: p.grad.clone() for n, p in trainable(module).items()})
+            grads.update({n: distributed.full(p.grad).clone() for n, p in trainable(module).items()})
 
     losses = []
     loop.train(module, make_optimizer(module, LR), loss_at, STEPS, ranks=ranks,
                on_step=lambda step, loss: (losses.append(loss), on_step(step, loss)))
-    trained = {n: p.detach().clone() for n, p in trainable(module).items()}
-    return losses, grads, trained, ranks.reduced_bytes - sent_before
+    trained = {n: distributed.full(p.detach()).clone() for n, p in trainable(module).items()}
+    local = [p.to_local() if isinstance(p, DTensor) else p for p in module.parameters()]
+    held = sum(p.numel() for p in local) / sum(p.numel() for p in module.parameters())
+    return losses, grads, trained, ranks.reduced_bytes - sent_before, held
 
 
 if __name__ == "__main__":
     with distributed.start("cpu") as ranks:
-        results = {case: train(*case, ranks) for case in CASES}
+        results = {(*case, how): train(*case, ranks, how) for case in CASES for how in ("ddp", "fsdp")}
         if ranks.main:
             torch.save(results, sys.argv[1])

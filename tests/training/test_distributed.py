@@ -1,5 +1,6 @@
-"""Training on two processes (torchrun, gloo on this CPU) is training on one: the same losses,
-gradients and trained tensors for the same global batch (minipeft.training.distributed)."""
+"""Training on two processes (torchrun, gloo on this CPU), with DDP or FSDP, is training on one:
+the same losses, gradients and trained tensors for the same global batch
+(minipeft.training.distributed)."""
 
 import os
 import subprocess
@@ -36,11 +37,16 @@ def is_key_bias(name):
     return name.endswith("bias_key") or name.endswith(".k.bias")
 
 
+@pytest.mark.parametrize("how", ["ddp", "fsdp"])
 @pytest.mark.parametrize("case", ddp_worker.CASES, ids=["-".join(c) for c in ddp_worker.CASES])
-def test_two_processes_train_as_one_on_the_same_global_batch(case, two_processes):
-    losses, grads, trained, sent = two_processes[case]
+def test_two_processes_train_as_one_on_the_same_global_batch(case, how, two_processes):
+    """DDP (each rank the whole model) and FSDP (fully_shard: each rank a half of every tensor,
+    prompt tuning's too) both give one process's training."""
+    losses, grads, trained, sent, held = two_processes[(*case, how)]
     torch.manual_seed(0)
-    one_losses, one_grads, one_trained, _ = ddp_worker.train(*case, Ranks())
+    one_losses, one_grads, one_trained, _, _ = ddp_worker.train(*case, Ranks())
+    # DDP: each rank holds the whole model; FSDP: half of it between steps
+    assert held == 1.0 if how == "ddp" else held < 0.51
     assert losses == pytest.approx(one_losses, abs=1e-6)
     assert grads.keys() == one_grads.keys()
     for name in grads:
@@ -52,8 +58,8 @@ def test_two_processes_train_as_one_on_the_same_global_batch(case, two_processes
             assert one_grads[name].abs().max() < 1e-7, name
         else:
             torch.testing.assert_close(trained[name], one_trained[name], rtol=0, atol=1e-6, msg=name)
-    # only what trains is all-reduced: each trainable tensor's fp32 gradient, once per step
-    assert sent == ddp_worker.STEPS * sum(t.numel() * t.element_size() for t in one_trained.values())
+    if how == "ddp":  # only what trains is all-reduced: each trainable tensor's fp32 gradient, once per step
+        assert sent == ddp_worker.STEPS * sum(t.numel() * t.element_size() for t in one_trained.values())
 
 
 def test_a_rank_shares_its_contiguous_slice_and_the_loss_parts_add_up_to_the_mean():
