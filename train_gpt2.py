@@ -51,7 +51,8 @@ from minipeft.training.textdata import collate, load_examples, pair_examples, sp
 from minipeft.training.tasks import e2e
 from minipeft.io.tokenizer import gpt2_tokenizer
 from minipeft.training import cli, distributed, loop
-from minipeft.training.state import make_optimizer, read_training_state, restore_training_state, save_training_state, step_seed
+from minipeft.training.state import (make_optimizer, own_state, read_training_state, restore_training_state, step_seed,
+                                     write_training_state)
 
 STATE_FILE = "state.pt"
 ADAPTER_FILE = "adapter.safetensors"
@@ -100,6 +101,9 @@ def build_parser():
     t.add_argument("--checkpointing", action="store_true",
                    help="activation checkpointing: keep only each block's inputs and recompute the rest in backward "
                         "(less memory for long sequences, for one more forward pass per step; the same loss and gradients)")
+    t.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP, "
+                   "fully_shard; each holds 1/N of every tensor) instead of a whole copy each (DDP), for a model too "
+                   "large for one device")
     t.add_argument("--compile", action="store_true", help="train through torch.compile(module) (inductor): the first "
                    "steps compile (minutes on a CPU), later ones run faster; the same loss and gradients to 1e-5")
     t.add_argument("--seed", type=int, default=1337, help="seed for the adapter's init and the batch order")
@@ -138,6 +142,9 @@ def check_args(parser, args):
     if args.resume and args.overwrite:
         parser.error("give --resume (continue the run in --out) or --overwrite (replace it), not both")
     world = distributed.world_size()
+    if args.fsdp and world < 2:
+        parser.error("--fsdp shards the model over the processes torchrun starts: run it as "
+                     "torchrun --nproc_per_node=N train_gpt2.py ... --fsdp, with N >= 2")
     if args.batch_size % world:
         parser.error(f"--batch-size {args.batch_size} is the global batch, split over the {world} processes torchrun "
                      f"started: give a multiple of {world}")
@@ -293,9 +300,13 @@ RUN_ARGS = ("method", "terms", "n_prefix", "no_reparam", "hidden", "n_prompt", "
 SHAPE_ARGS = ("terms", "n_prefix", "no_reparam", "hidden", "n_prompt")  # they decide which tensors a method trains
 
 
-def save_state(module, optimizer, step, base, args):
-    save_training_state(os.path.join(args.out, STATE_FILE), module, optimizer, step, base=base,
-                        args={k: getattr(args, k) for k in RUN_ARGS})
+def save_state(module, optimizer, step, base, ranks, args):
+    """state.pt at `step`, in the one-process format. Every rank calls it (under FSDP the shards
+    are gathered first, which takes them all); rank 0 writes."""
+    module_state, optimizer_state = distributed.whole_state(own_state(module), optimizer.state_dict())
+    if ranks.main:
+        write_training_state(os.path.join(args.out, STATE_FILE), module_state, optimizer_state, step, base=base,
+                             args={k: getattr(args, k) for k in RUN_ARGS})
     args.saved_step = step  # for the message if the run is interrupted
 
 
@@ -348,7 +359,7 @@ def train(module, optimizer, train_set, start, base, ranks, args):
     """Steps start .. --steps (or --stop-at) with minipeft.training.loop, on this process's share of
     each batch (all of it on one process). state.pt is written every --save-every steps and at the
     end, by rank 0; never after a non-finite loss or gradient."""
-    step = ranks.wrap(module)                          # DDP on several processes; the same parameters:
+    step = module if args.fsdp else ranks.wrap(module)    # DDP on several processes; the same parameters:
     step = torch.compile(step) if args.compile else step   # the optimizer and saves use module
 
     def loss_at(i):
@@ -359,7 +370,7 @@ def train(module, optimizer, train_set, start, base, ranks, args):
 
     loop.train(module, optimizer, loss_at, args.stop_at or args.steps, start=start,
                lr_at=loop.linear_decay(args.lr, args.steps, args.warmup), clip=1.0,
-               save=lambda done: save_state(module, optimizer, done, base, args), save_every=args.save_every,
+               save=lambda done: save_state(module, optimizer, done, base, ranks, args), save_every=args.save_every,
                on_step=lambda i, loss: log(i, loss, ranks, args), desc=f"train {args.method}", ranks=ranks)
     return (args.stop_at or args.steps) - start
 
@@ -368,6 +379,18 @@ def log(step, loss, ranks, args):
     """Every --log-every steps (and at the last), rank 0 prints the step's training loss."""
     if ranks.main and ((step + 1) % args.log_every == 0 or step + 1 == args.steps):
         tqdm.write(f"step {step + 1}: train loss {loss:.6f}")
+
+
+def unsharded(module, tokenizer, ranks, args):
+    """--fsdp: the trained module whole on rank 0 (None elsewhere), to evaluate and save: its
+    tensors gathered from the shards (every rank takes part) into a fresh, unsharded copy."""
+    trained, _ = distributed.whole_state(own_state(module), {"state": {}})
+    if not ranks.main:
+        return None
+    model, _ = load_model(args)
+    copy = build_method(model, tokenizer, args)
+    copy.load_state_dict(trained, strict=not isinstance(copy, Adapter))  # an adapter's own tensors only
+    return copy
 
 
 def print_reduced(per_step, model):
@@ -397,16 +420,24 @@ def train_and_report(ranks, args):
     print(f"{args.method}: {what}; {len(train_set):,} training / {len(val_set):,} held-out examples, "
           f"max length {args.max_length}, lr {args.lr:g}")
     if ranks.world > 1:
-        print(f"training on {ranks.world} processes ({ranks.backend}): {args.batch_size // ranks.world} examples each "
-              f"per step, {args.batch_size} in all (--batch-size is the global batch)")
+        sharding = f", FSDP: each holds 1/{ranks.world} of every tensor" if args.fsdp else ""
+        print(f"training on {ranks.world} processes ({ranks.backend}{sharding}): {args.batch_size // ranks.world} "
+              f"examples each per step, {args.batch_size} in all (--batch-size is the global batch)")
     if ranks.main:
         report(module, tokenizer, val_set, args, "before" if start == 0 else f"at step {start}")
+    if args.fsdp:                                       # shard the (resumed) module, then its optimizer
+        resumed = optimizer.state_dict()
+        module = ranks.shard(module)
+        optimizer = make_optimizer(module, args.lr)
+        optimizer.load_state_dict(distributed.shard_like(resumed, optimizer))
     if start >= (args.stop_at or args.steps):
         print(f"{STATE_FILE} is already at step {start}; nothing to train")
     else:
         steps = train(module, optimizer, train_set, start, base, ranks, args)
-        if ranks.world > 1:
+        if ranks.world > 1 and not args.fsdp:
             print_reduced(ranks.reduced_bytes / steps, model)
+    if args.fsdp:
+        module = unsharded(module, tokenizer, ranks, args)
     if not ranks.main:
         return
     report(module, tokenizer, val_set, args, "after")

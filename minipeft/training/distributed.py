@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import MiniPeftError
@@ -126,6 +126,26 @@ def full(tensor):
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
+def whole_state(module_state, optimizer_state):
+    """A module's and its optimizer's state dicts with every sharded tensor whole (a collective):
+    the one-process format of state.save_training_state, whatever the number of processes."""
+    optimizer_state = {**optimizer_state, "state": {i: {k: full(v) for k, v in state.items()}
+                                                    for i, state in optimizer_state["state"].items()}}
+    return {k: full(v) for k, v in module_state.items()}, optimizer_state
+
+
+def shard_like(optimizer_state, optimizer):
+    """A whole (one-process) optimizer state dict, its per-parameter tensors sharded as the
+    optimizer's parameters are (after Ranks.shard), for optimizer.load_state_dict."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    def like(p, v):
+        if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape:
+            return distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+        return v
+    return {**optimizer_state, "state": {i: {k: like(params[i], v) for k, v in state.items()}
+                                         for i, state in optimizer_state["state"].items()}}
+
+
 def sum_and_count(ranks, bucket):
     """DDP's communication hook: all-reduce one bucket of gradients as a sum (DDP's own hook
     divides by the world size; Ranks.part has weighted each rank's loss already), counting its bytes."""
@@ -154,8 +174,9 @@ def start(device):
         if not lost_peer(e):
             raise
         raise PeerFailed("another process of this run stopped, see its message; this one stops too") from None
-    finally:
-        dist.destroy_process_group()
+    # (after a failure the group is not torn down: that could wait on the others; the process exits,
+    # which closes its connections, and the others stop on them)
+    dist.destroy_process_group()
 
 
 def lost_peer(error):

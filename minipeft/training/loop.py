@@ -42,7 +42,8 @@ def train(module, optimizer, loss_at, steps, *, start=0, lr_at=None, clip=None, 
     ranks          distributed.Ranks when several processes train together (torchrun): loss_at
                    returns this rank's part of the step's loss (through the DDP-wrapped module);
                    the loss logged, the non-finite check and a Ctrl-C stop are decided on the
-                   ranks' sum, so all of them stop together; only rank 0 shows the bar and saves
+                   ranks' sum, so all of them stop together; only rank 0 shows the bar. save is
+                   called on every rank (gathering FSDP shards takes them all); it writes on rank 0
 
     A non-finite loss or gradient raises NonFiniteLoss before that step's update, and nothing is
     saved after it: the last save is a good one. A first Ctrl-C stops after the current step (see
@@ -71,7 +72,7 @@ def train(module, optimizer, loss_at, steps, *, start=0, lr_at=None, clip=None, 
             if on_step is not None:
                 on_step(step, value)
             done = step + 1
-            if save is not None and ranks.main and ((save_every and done % save_every == 0) or done == steps or stops):
+            if save is not None and ((save_every and done % save_every == 0) or done == steps or stops):
                 save(done)
             if stops:
                 raise KeyboardInterrupt

@@ -67,9 +67,13 @@ def restore_rng(rng, path):
 
 def save_training_state(path, module, optimizer, step, **extra):
     """Write {module, optimizer, step, rng, **extra} to path, atomically."""
+    write_training_state(path, own_state(module), optimizer.state_dict(), step, **extra)
+
+
+def write_training_state(path, module_state, optimizer_state, step, **extra):
+    """save_training_state's file from the two state dicts themselves (e.g. gathered from FSDP shards)."""
     with atomic_write(path) as f:
-        torch.save({"module": own_state(module), "optimizer": optimizer.state_dict(), "step": step,
-                    "rng": rng_state(), **extra}, f)
+        torch.save({"module": module_state, "optimizer": optimizer_state, "step": step, "rng": rng_state(), **extra}, f)
 
 
 def read_training_state(path, required=("module", "optimizer", "step", "rng")):
