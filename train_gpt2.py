@@ -93,7 +93,8 @@ def build_parser():
     d.add_argument("--no-truncate", action="store_true", help="refuse examples longer than --max-length instead of truncating them")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=300, help="optimizer steps")
-    t.add_argument("--batch-size", type=int, default=8, help="examples per step")
+    t.add_argument("--batch-size", type=int, default=8, help="examples per step (under torchrun: in all, split over "
+                   "the processes)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default by method: " +
                    ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + "); linear warmup, then linear decay to 0")
     t.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of --steps)")
@@ -102,8 +103,8 @@ def build_parser():
                    help="activation checkpointing: keep only each block's inputs and recompute the rest in backward "
                         "(less memory for long sequences, for one more forward pass per step; the same loss and gradients)")
     t.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model over the processes (FSDP, "
-                   "fully_shard; each holds 1/N of every tensor) instead of a whole copy each (DDP), for a model too "
-                   "large for one device")
+                   "fully_shard; each holds 1/N of every tensor while training) instead of a whole copy each (DDP); "
+                   "the model is still loaded whole on each process first")
     t.add_argument("--compile", action="store_true", help="train through torch.compile(module) (inductor): the first "
                    "steps compile (minutes on a CPU), later ones run faster; the same loss and gradients to 1e-5")
     t.add_argument("--seed", type=int, default=1337, help="seed for the adapter's init and the batch order")
@@ -359,14 +360,14 @@ def train(module, optimizer, train_set, start, base, ranks, args):
     """Steps start .. --steps (or --stop-at) with minipeft.training.loop, on this process's share of
     each batch (all of it on one process). state.pt is written every --save-every steps and at the
     end, by rank 0; never after a non-finite loss or gradient."""
-    step = module if args.fsdp else ranks.wrap(module)    # DDP on several processes; the same parameters:
-    step = torch.compile(step) if args.compile else step   # the optimizer and saves use module
+    forward = module if args.fsdp else ranks.wrap(module)        # DDP on several processes; the same
+    forward = torch.compile(forward) if args.compile else forward   # parameters: the optimizer and saves use module
 
     def loss_at(i):
         examples = batch_at(train_set, i, args)
         ids, labels = (t.to(args.device) for t in collate(ranks.share(examples)))
-        n_all = n_targets(collate(examples)[1], "gpt") if ranks.world > 1 else None
-        return ranks.part(step(ids, labels=labels), n_targets(labels, "gpt"), n_all)
+        n_all = n_targets(collate(examples)[1], "gpt") if ranks.world > 1 else None   # the global batch's targets
+        return ranks.part(forward(ids, labels=labels), n_targets(labels, "gpt"), n_all)
 
     loop.train(module, optimizer, loss_at, args.stop_at or args.steps, start=start,
                lr_at=loop.linear_decay(args.lr, args.steps, args.warmup), clip=1.0,
@@ -377,7 +378,7 @@ def train(module, optimizer, train_set, start, base, ranks, args):
 
 def log(step, loss, ranks, args):
     """Every --log-every steps (and at the last), rank 0 prints the step's training loss."""
-    if ranks.main and ((step + 1) % args.log_every == 0 or step + 1 == args.steps):
+    if ranks.main and ((step + 1) % args.log_every == 0 or step + 1 == (args.stop_at or args.steps)):
         tqdm.write(f"step {step + 1}: train loss {loss:.6f}")
 
 
@@ -389,7 +390,12 @@ def unsharded(module, tokenizer, ranks, args):
         return None
     model, _ = load_model(args)
     copy = build_method(model, tokenizer, args)
-    copy.load_state_dict(trained, strict=not isinstance(copy, Adapter))  # an adapter's own tensors only
+    if isinstance(copy, Adapter):                        # an adapter's own tensors: all of them, nothing else
+        loaded = copy.load_state_dict(trained, strict=False)
+        if loaded.unexpected_keys or any(not k.startswith("model.") for k in loaded.missing_keys):
+            raise MiniPeftError(f"--fsdp: the gathered adapter does not fit a fresh one ({loaded})")
+    else:
+        copy.load_state_dict(trained)
     return copy
 
 
@@ -450,7 +456,7 @@ def train_and_report(ranks, args):
 
 
 def main(argv=None):
-    parser = build_parser()
+    parser = cli.name_rank(build_parser())
     cli.run_script(parser, check_args(parser, parser.parse_args(argv)), run, STATE_FILE)
 
 

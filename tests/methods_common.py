@@ -2,6 +2,9 @@
 
 import contextlib
 import copy
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -155,3 +158,19 @@ def check_bf16_model(make, model):
             logits = a16(ids[:, :6])[:, -1].float()
     assert bool((logits.gather(1, first[:, None])[:, 0] >= logits.max(1).values - 0.1).all())  # bf16: near-ties may flip
     return a32, a16
+
+
+def torchrun(args, cwd, timeout):
+    """`torchrun --standalone --nproc_per_node=2 ARGS` in cwd: the CompletedProcess. Past timeout,
+    torchrun gets SIGTERM (which stops its workers too: a SIGKILL would leave them waiting) and the
+    test fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    proc = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+        raise AssertionError(f"torchrun {' '.join(args)} ran past {timeout} s; its stderr ends: {err[-2000:]}") from None
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)

@@ -16,9 +16,10 @@ own prompt, so the frozen model runs once for all K; `classify` votes by majorit
 The prompt is fp32 whatever the model's dtype; it reaches a bf16/fp16 model cast to that dtype.
 """
 
+import sys
+
 import torch
 import torch.nn as nn
-from torch.distributed.fsdp import FSDPModule
 
 from .adapter import Adapter, class_scores, model_dtype
 from ..checks import check_gpt_call, check_token_ids, reading_values
@@ -135,7 +136,7 @@ class PromptTuning(Adapter):
         attention_mask, prefix = args[0] if args else kwargs.get("attention_mask"), kwargs.get("prefix")
         positions = kwargs.get("positions", "real")
         B, T = check_gpt_call(model, input_ids, attention_mask, prefix=prefix, prompt=prompt, positions=positions)  # read below: checked first
-        if B < 2 or (model.training and model.config.any_dropout) or isinstance(model.h[0], FSDPModule):
+        if B < 2 or (model.training and model.config.any_dropout) or fsdp_sharded(model.h[0]):
             return False
         if not reading_values() or (positions == "real" and attention_mask is not None and not bool(attention_mask[:, 0].all())):
             return False
@@ -172,3 +173,10 @@ class PromptTuning(Adapter):
         per_prompt = probs.argmax(-1)                                              # [K, B]
         votes = nn.functional.one_hot(per_prompt, probs.shape[-1]).sum(0).float()  # [B, C]
         return per_prompt, (votes + probs.mean(0) * 1e-3).argmax(-1)
+
+
+def fsdp_sharded(module):
+    """Whether FSDP has sharded module (never before torch.distributed.fsdp is imported: its import
+    takes a second, which `import minipeft` does not pay)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(module, fsdp.FSDPModule)

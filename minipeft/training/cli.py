@@ -11,7 +11,7 @@ import os
 import torch
 
 from ..errors import MiniPeftError
-from .distributed import world_size
+from .distributed import local_device, world_size
 from .loop import NonFiniteLoss
 
 
@@ -21,11 +21,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def run_script(parser, args, run, state_file):
-    """run(args) as a training script's main: any error ends it with one line and an exit status
-    (under torchrun the line names the rank: "train_gpt2.py [rank 1]: error: ...")."""
+    """run(args) as a training script's main: any error ends it with one line and an exit status."""
     state = os.path.join(args.out, state_file)
-    if world_size() > 1:
-        parser.prog = f"{parser.prog} [rank {os.environ.get('RANK', '?')}]"
     try:
         run(args)
     except NonFiniteLoss as e:
@@ -47,6 +44,13 @@ def run_script(parser, args, run, state_file):
         parser.exit(130, f"\ninterrupted: {state} holds step {step}; continue with the same arguments plus --resume\n")
 
 
+def name_rank(parser):
+    """Under torchrun, every error line names its process: "train_gpt2.py [rank 1]: error: ..."."""
+    if world_size() > 1:
+        parser.prog = f"{parser.prog} [rank {os.environ.get('RANK', '?')}]"
+    return parser
+
+
 def print_saved(saved):
     """The paths a run wrote, [(what, path)], one a line under "saved:"."""
     print("saved:\n" + "\n".join(f"  {what:16s} {path}" for what, path in saved))
@@ -61,7 +65,7 @@ def print_stopped(args):
 def resolve_device(name):
     """torch.device(name), checked usable here (CUDA present, the index exists), else a MiniPeftError."""
     try:
-        device = torch.device(name)
+        device = local_device(name)   # under torchrun, "cuda" is this rank's own GPU
     except RuntimeError:
         raise MiniPeftError(f"{name!r} is not a torch device (try cpu or cuda)") from None
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -16,8 +16,11 @@ optimizer step, and the run ends with the weights one process would have reached
 - **Rank 0 speaks and writes.** Every rank reads the data and any state to resume; rank 0 alone
   prints, shows progress and writes files (atomically, as one process does).
 
-**FSDP, for a model too large for one device** (`Ranks.shard`, PyTorch's fully_shard): each rank
-holds a 1/N shard of every tensor, gathered block by block for forward and backward. Every method
+**FSDP** (`Ranks.shard`, PyTorch's fully_shard): each rank holds a 1/N shard of every tensor,
+gathered block by block for forward and backward, so the parameters, gradients and optimizer state
+take 1/N of the memory while training (the frozen weights then travel too, block by block, more
+traffic than DDP's). train_gpt2.py still loads the whole model on each rank before sharding it,
+and gathers it on rank 0 to save. Every method
 works sharded, prompt tuning included (peft loses its embedding under ZeRO-3 / FSDP, peft #206 and
 #1633): nothing reads a sharded parameter outside its module's forward. Prompt tuning then takes
 its plain path (the shared-prompt shortcut would run each block twice in one forward), and BitFit
@@ -30,12 +33,11 @@ then stops the others and exits non-zero, so no rank is left waiting.
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import MiniPeftError
@@ -48,6 +50,15 @@ class PeerFailed(MiniPeftError):
 def world_size():
     """How many processes train together: torchrun's WORLD_SIZE, 1 without torchrun."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_device(name):
+    """The device this process trains on for --device `name`: under torchrun, "cuda" means this
+    rank's own GPU, cuda:LOCAL_RANK (one GPU per process)."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and world_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 @dataclass
@@ -85,9 +96,9 @@ class Ranks:
     def own_dropout(self, seed, step):
         """Ranks other than 0 reseed torch's RNG from (seed, step, rank). All ranks start from one
         seed (the same initial weights), so without this every rank would draw rank 0's dropout
-        masks for its own rows. Rank 0 keeps its stream: it draws what one process would. (A run
-        resumed on N processes reseeds again, so with dropout its ranks > 0 draw other masks than
-        a straight run's; without dropout the two agree.)"""
+        masks for its own rows. Rank 0 keeps its stream. With dropout, then, N processes draw
+        other masks than one process does (and a resumed run's ranks > 0 other masks than a
+        straight run's); without dropout the runs agree."""
         if self.rank > 0:
             torch.manual_seed((seed * 1_000_003 + step) * 1_009 + self.rank)
 
@@ -101,12 +112,12 @@ class Ranks:
         ddp.register_comm_hook(self, sum_and_count)
         return ddp
 
-
     def shard(self, module):
-        """module sharded in place with FSDP (fully_shard) over the ranks, for a model too large for
-        one device: each block's parameters (and the rest's, as the root unit) are split over the ranks,
+        """module sharded in place with FSDP (fully_shard) over the ranks: each block's parameters
+        (and the rest's, as the root unit) are split over the ranks,
         gathered for that block's forward and backward, and the trainable ones' gradients summed
         and scattered back to their shards. Build the optimizer after this: it steps the shards."""
+        from torch.distributed.fsdp import FSDPModule, fully_shard   # (here: its import takes a second)
         base = getattr(module, "model", module)
         # T5: the encoder's blocks only; the decoder's stay in the root unit, because T5.forward
         # computes every decoder layer's cross-attention keys/values before the decoder runs
@@ -121,9 +132,15 @@ class Ranks:
         return module
 
 
+def is_sharded(tensor):
+    """Whether tensor is an FSDP shard (a DTensor; none exists before torch.distributed.tensor is imported)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(tensor, dtensor.DTensor)
+
+
 def full(tensor):
     """A whole tensor from an FSDP-sharded one (a collective: every rank calls it), else the tensor."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
 def whole_state(module_state, optimizer_state):
@@ -137,9 +154,11 @@ def whole_state(module_state, optimizer_state):
 def shard_like(optimizer_state, optimizer):
     """A whole (one-process) optimizer state dict, its per-parameter tensors sharded as the
     optimizer's parameters are (after Ranks.shard), for optimizer.load_state_dict."""
+    from torch.distributed.tensor import distribute_tensor
     params = [p for group in optimizer.param_groups for p in group["params"]]
+
     def like(p, v):
-        if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape:
+        if is_sharded(p) and torch.is_tensor(v) and v.shape == p.shape:
             return distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
         return v
     return {**optimizer_state, "state": {i: {k: like(params[i], v) for k, v in state.items()}
@@ -159,12 +178,11 @@ def start(device):
     """The Ranks of this run, from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), with the
     process group joined for the block and left after it; one process without torchrun.
     device: the run's --device; on CUDA each rank takes cuda:LOCAL_RANK."""
-    device = torch.device(device)
+    device = local_device(device)
     if world_size() == 1:
         yield Ranks(device=device)
         return
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend)
@@ -173,16 +191,18 @@ def start(device):
     except RuntimeError as e:                  # a collective whose peer has gone: one line, not a traceback
         if not lost_peer(e):
             raise
-        raise PeerFailed("another process of this run stopped, see its message; this one stops too") from None
+        raise PeerFailed("another process of this run stopped, see its message; this one stops too "
+                         f"({str(e).splitlines()[0][-160:]})") from None
     # (after a failure the group is not torn down: that could wait on the others; the process exits,
     # which closes its connections, and the others stop on them)
     dist.destroy_process_group()
 
 
 def lost_peer(error):
-    """Whether a RuntimeError is a collective's failure because another rank went away."""
-    return isinstance(error, dist.DistError) or any(
-        w in str(error) for w in ("Connection closed by peer", "Connection reset by peer", "NCCL", "gloo"))
+    """Whether a RuntimeError is a collective's failure because another rank went away (not, say, a
+    rank's own CUDA out-of-memory error, which must reach the user as it is)."""
+    return isinstance(error, dist.DistNetworkError) or any(
+        w in str(error) for w in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
 @contextlib.contextmanager

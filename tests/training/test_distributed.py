@@ -3,32 +3,23 @@ the same losses, gradients and trained tensors for the same global batch
 (minipeft.training.distributed)."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from minipeft.training.distributed import Ranks
+from minipeft.training.distributed import Ranks, local_device, lost_peer
+from tests.methods_common import torchrun
 from tests.training import ddp_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def torchrun(*args, timeout=240):
-    """`torchrun --standalone --nproc_per_node=2 ARGS` from the repository root: (status, stdout, stderr)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    return done.returncode, done.stdout, done.stderr
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     """Each case of ddp_worker.CASES trained on two processes: {case: (losses, grads, trained, bytes)}."""
     out = tmp_path_factory.mktemp("ddp") / "results.pt"
-    status, stdout, stderr = torchrun("-m", "tests.training.ddp_worker", str(out))
-    assert status == 0, stderr[-3000:]
+    run = torchrun(["-m", "tests.training.ddp_worker", str(out)], ROOT, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
     return torch.load(out)
 
 
@@ -69,3 +60,17 @@ def test_a_rank_shares_its_contiguous_slice_and_the_loss_parts_add_up_to_the_mea
     parts = [Ranks(rank=0, world=2).part(loss_a, 3, 4), Ranks(rank=1, world=2).part(loss_b, 1, 4)]
     assert float(sum(parts)) == pytest.approx((2.0 * 3 + 5.0 * 1) / 4)
     assert Ranks().part(loss_a, 3, 4) is loss_a                         # one process: the loss itself
+
+
+def test_under_torchrun_cuda_means_this_ranks_own_gpu(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert local_device("cuda") == torch.device("cuda", 1)
+    assert local_device("cuda:0") == torch.device("cuda", 0) and local_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert local_device("cuda") == torch.device("cuda")
+
+
+def test_only_a_lost_peer_becomes_the_one_line_peer_message():
+    assert lost_peer(RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:5033"))
+    assert not lost_peer(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (NCCL watchdog)"))
