@@ -365,9 +365,10 @@ def train(module, optimizer, train_set, start, base, ranks, args):
 
     def loss_at(i):
         examples = batch_at(train_set, i, args)
-        ids, labels = (t.to(args.device) for t in collate(ranks.share(examples)))
-        n_all = n_targets(collate(examples)[1], "gpt") if ranks.world > 1 else None   # the global batch's targets
-        return ranks.part(forward(ids, labels=labels), n_targets(labels, "gpt"), n_all)
+        mine = ranks.share(examples)
+        ids, labels = (t.to(args.device) for t in collate(mine))
+        return ranks.part(forward(ids, labels=labels), sum(e.n_targets() for e in mine),
+                          sum(e.n_targets() for e in examples))
 
     loop.train(module, optimizer, loss_at, args.stop_at or args.steps, start=start,
                lr_at=loop.linear_decay(args.lr, args.steps, args.warmup), clip=1.0,
@@ -385,7 +386,7 @@ def log(step, loss, ranks, args):
 def unsharded(module, tokenizer, ranks, args):
     """--fsdp: the trained module whole on rank 0 (None elsewhere), to evaluate and save: its
     tensors gathered from the shards (every rank takes part) into a fresh, unsharded copy."""
-    trained, _ = distributed.whole_state(own_state(module), {"state": {}})
+    trained = distributed.whole(own_state(module))
     if not ranks.main:
         return None
     model, _ = load_model(args)

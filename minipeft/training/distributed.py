@@ -41,6 +41,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import MiniPeftError
+from .state import step_seed
 
 
 class PeerFailed(MiniPeftError):
@@ -100,7 +101,7 @@ class Ranks:
         other masks than one process does (and a resumed run's ranks > 0 other masks than a
         straight run's); without dropout the runs agree."""
         if self.rank > 0:
-            torch.manual_seed((seed * 1_000_003 + step) * 1_009 + self.rank)
+            torch.manual_seed(step_seed(seed, step) * 1_009 + self.rank)
 
     def wrap(self, module):
         """module in DDP, its trainable gradients summed over the ranks in backward (module itself
@@ -143,12 +144,16 @@ def full(tensor):
     return tensor.full_tensor() if is_sharded(tensor) else tensor
 
 
+def whole(tensors):
+    """{name: tensor} with every sharded tensor whole (a collective)."""
+    return {k: full(v) for k, v in tensors.items()}
+
+
 def whole_state(module_state, optimizer_state):
     """A module's and its optimizer's state dicts with every sharded tensor whole (a collective):
     the one-process format of state.save_training_state, whatever the number of processes."""
-    optimizer_state = {**optimizer_state, "state": {i: {k: full(v) for k, v in state.items()}
-                                                    for i, state in optimizer_state["state"].items()}}
-    return {k: full(v) for k, v in module_state.items()}, optimizer_state
+    optimizer_state = {**optimizer_state, "state": {i: whole(state) for i, state in optimizer_state["state"].items()}}
+    return whole(module_state), optimizer_state
 
 
 def shard_like(optimizer_state, optimizer):
