@@ -75,7 +75,7 @@ SAMPLE_TEMPERATURE = 0.8
 
 def build_parser():
     p = argparse.ArgumentParser(description="Train a character-level GPT (4 layers, 4 heads, 128 wide) from scratch. "
-                                "Defaults take about 4 minutes on 2 idle CPU cores, several times that on a busy machine.")
+                                "Pretraining takes about 4 minutes on 2 idle CPU cores, several times that on a busy machine.")
     p.add_argument("--data", help="UTF-8 text file to train on instead of the built-in --corpus")
     p.add_argument("--corpus", choices=CORPORA, default="mixture", help="built-in pretraining text: 'mixture' (default), "
                    "the standard library's docstrings with text about restaurants and reviews (minipeft.training.domain), "
@@ -83,9 +83,10 @@ def build_parser():
     p.add_argument("--size", choices=tuple(SIZES), default="medium", help="model size (GPT: small 3 x 96, medium 4 x 128, "
                    "large 5 x 160 layers x width; default: %(default)s)")
     p.add_argument("--steps", type=int, default=800, help="total optimizer steps; the LR schedule spans them all (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default: %(default)s)")
-    p.add_argument("--block-size", type=int, default=128, help="characters per sequence, at most the model's 256; "
-                   "positions beyond it stay untrained (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default: %(default)s)")
+    p.add_argument("--block-size", type=int, default=256, help="characters per sequence, at most the model's 256 "
+                   "(default: %(default)s, all of it: the tasks' rows reach ~250 characters, and a position that "
+                   "pretraining never trained is one only full fine-tuning can train)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of AdamW; linear warmup, then cosine decay "
                    "to lr/10 (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of --steps)")

@@ -8,20 +8,25 @@ and this text (see pretraining_text).
 
 The text is generated from templates of its own, none of them a fine-tuning task's (tasks.py):
 descriptions of places and accounts of visits in running prose, with the tasks' names, foods,
-areas, prices and judgements. It never holds an attribute table ("name[...]"), the tasks' "=>"
-separator, or the label words "positive" / "negative": the backbone learns the language of the
-domain, not the tasks.
+areas, prices and judgements, and every word the E2E sentences use ("serving", "family
+friendly", ...). It never holds an attribute table ("name[...]"), the tasks' "=>" separator, or
+the label words "positive" / "negative": the backbone learns the language of the domain, not the
+tasks.
 """
 
 import random
 
 from .tasks import AREAS, EAT_TYPES, FOODS, NAMES, SUBJECTS, judgement
 
-AREA_WORDS = {"riverside": ["by the river", "on the riverside", "near the water"],
+AREA_WORDS = {"riverside": ["by the river", "on the riverside", "near the water", "in the riverside area"],
               "city centre": ["in the middle of town", "in the city centre", "near the market square"]}
-PRICE_WORDS = {"cheap": ["a meal costs very little", "the bill is small", "it is easy on the wallet"],
-               "moderate": ["the prices are fair", "a meal costs a reasonable amount", "the bill is not too large"],
-               "high": ["it is expensive", "the bill can be large", "a dinner there costs a lot"]}
+PRICE_WORDS = {"cheap": ["a meal costs very little", "the bill is small", "prices are low"],
+               "moderate": ["the prices are fair", "a meal costs a reasonable amount", "prices are moderate"],
+               "high": ["it is expensive", "the bill can be large", "prices are high"]}
+FAMILY_WORDS = {"yes": ["Children are welcome there.", "Families often eat there with their children.",
+                        "It is family friendly, so bring the children."],
+                "no": ["It is a quiet place for grown-ups.", "It is not the right place for small children.",
+                       "It is not family friendly, so leave the children at home."]}
 WHEN = ["last night", "on Sunday", "for lunch on Friday", "after the film", "on a rainy evening", "for a birthday",
         "with two friends", "before the concert", "last week", "on our way home"]
 COME_BACK = ["We will certainly come back.", "I would go again tomorrow.", "It was a lovely evening.",
@@ -31,18 +36,25 @@ NEVER_AGAIN = ["We will not go back.", "I would not go again.", "It was a wasted
 
 
 def description(rng):
-    """A few sentences about one place: what it is, where, what it serves, what it costs, who goes."""
+    """A few sentences about one place: what it is, where, what it serves, what it costs, who goes.
+
+    The words are the ones a real model would know for such a place, the tasks' among them
+    ("serving", "called", "in the riverside area", "prices are high", "family friendly"), in
+    sentence frames of this text's own: no sentence opens or runs as a task's target does."""
     name, eat, food = rng.choice(NAMES), rng.choice(EAT_TYPES), rng.choice(FOODS)
     area, price = rng.choice(AREAS), rng.choice(list(PRICE_WORDS))
+    dishes = food if food.endswith("food") else f"{food} food"
     sentences = [rng.choice([f"If you like {food} food, try {name}.",
                              f"The menu at {name} is mostly {food}.",
                              f"People come to {name} for its {food} dishes.",
-                             f"{name}, a small {eat}, cooks {food} dishes every day."]),
+                             f"{name}, a small {eat}, cooks {food} dishes every day.",
+                             f"{name} has been serving {dishes} for years.",
+                             f"Ask anyone about the {food} {eat} called {name}.",
+                             f"Locals say {name} is the best {eat} in town for {dishes}."]),
                  rng.choice([f"You can find it {rng.choice(AREA_WORDS[area])}.",
                              f"The {eat} sits {rng.choice(AREA_WORDS[area])}."]),
                  f"At {name} {rng.choice(PRICE_WORDS[price])}.",
-                 rng.choice(["Children are welcome there.", "Families often eat there with their children.",
-                             "It is a quiet place for grown-ups.", "It is not the right place for small children."])]
+                 rng.choice(FAMILY_WORDS[rng.choice(["yes", "no"])])]
     rng.shuffle(sentences[1:])
     return " ".join(sentences[:rng.randint(2, 4)])
 

@@ -23,6 +23,15 @@ def test_domain_text_holds_no_task_format_and_no_label():
     assert not paragraphs & targets and not any(t in text for t in list(targets)[:300])  # no task sentence verbatim
 
 
+def test_domain_text_speaks_every_word_of_the_e2e_sentences():
+    # the backbone should know the tasks' language: every word the targets use, in frames of its own
+    text = domain_text(200_000, seed=0).lower()
+    words = set(re.findall(r"[a-z]+", " ".join(t for _, t in e2e(3000)).lower()))
+    assert len(words) > 50 and not [w for w in words if w not in text]
+    for phrase in ("serving", "called", "in the riverside area", "in the city centre", "prices are high", "family friendly"):
+        assert phrase in text
+
+
 def test_a_visit_ends_as_its_majority_of_judgements_says():
     import random
     good = {w for words, _ in SUBJECTS.values() for w in words}
