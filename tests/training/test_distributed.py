@@ -38,7 +38,7 @@ def test_two_processes_train_as_one_on_the_same_global_batch(case, how, two_proc
     one_losses, one_grads, one_trained, _, _ = ddp_worker.train(*case, Ranks())
     # DDP: each rank holds the whole model; FSDP: half of it between steps
     assert held == 1.0 if how == "ddp" else held < 0.51
-    assert losses == pytest.approx(one_losses, abs=1e-6)
+    assert losses == pytest.approx(one_losses, rel=1e-6, abs=1e-6)  # losses near 8: one fp32 ulp is ~5e-7
     assert grads.keys() == one_grads.keys()
     for name in grads:
         torch.testing.assert_close(grads[name], one_grads[name], rtol=0, atol=1e-6, msg=name)
